@@ -1,0 +1,1 @@
+//! Shared helpers of the flame examples (none yet: each example stands alone).

@@ -1,0 +1,146 @@
+//! How runners come and go: the [`Backend`] trait and what it is handed and hands back.
+
+use crate::config::Secret;
+use crate::error::Result;
+use crate::transport::{Endpoint, Transport};
+use async_trait::async_trait;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Label keys every backend attaches to its runners (Docker labels, ECS tags, Fly metadata
+/// with `.` replaced by `_`).
+pub mod labels {
+    /// The application name.
+    pub const APP: &str = "flame.app";
+    /// The pool name.
+    pub const POOL: &str = "flame.pool";
+    /// The id of the parent that spawned the runner.
+    pub const PARENT: &str = "flame.parent";
+    /// The runner id.
+    pub const RUNNER: &str = "flame.runner";
+}
+
+/// Everything a backend needs to start one runner.
+#[derive(Clone)]
+pub struct SpawnRequest {
+    /// The new runner's id (unique).
+    pub runner_id: String,
+    /// The application name (`flame.app`).
+    pub app: String,
+    /// The pool name (`flame.pool`).
+    pub pool: String,
+    /// The spawning parent's id (`flame.parent`).
+    pub parent_id: String,
+    /// Environment for the runner: `FLAME_MODE=runner`, `FLAME_SECRET`, `FLAME_LISTEN`,
+    /// `FLAME_PARENT_ID`, `FLAME_PARENT_TIMEOUT`, plus what the user forwards.
+    pub env: BTreeMap<String, String>,
+    /// Labels / tags / metadata for the runner (at least app, pool, parent).
+    pub labels: BTreeMap<String, String>,
+    /// The runner must answer `ping` within this time, or it is ended and spawn fails with
+    /// `SPAWN_TIMEOUT`.
+    pub boot_timeout: Duration,
+    /// The secret the runner verifies requests with.
+    pub secret: Option<Secret>,
+    /// The transport used to `ping` the runner until it is healthy.
+    pub prober: Arc<dyn Transport>,
+}
+
+impl fmt::Debug for SpawnRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let env: BTreeMap<&str, &str> = self
+            .env
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str(),
+                    if k.contains("SECRET") || k.contains("TOKEN") {
+                        "<redacted>"
+                    } else {
+                        v.as_str()
+                    },
+                )
+            })
+            .collect();
+        f.debug_struct("SpawnRequest")
+            .field("runner_id", &self.runner_id)
+            .field("app", &self.app)
+            .field("pool", &self.pool)
+            .field("parent_id", &self.parent_id)
+            .field("env", &env)
+            .field("labels", &self.labels)
+            .field("boot_timeout", &self.boot_timeout)
+            .finish()
+    }
+}
+
+/// A started runner, as the backend knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerHandle {
+    /// The runner id of its [`SpawnRequest`].
+    pub runner_id: String,
+    /// The engine's id for it: pid, container id, task ARN, machine id.
+    pub backend_id: String,
+    /// Where to reach it.
+    pub endpoint: Endpoint,
+}
+
+/// What a backend says about a runner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunnerState {
+    /// Started, not yet serving.
+    Booting,
+    /// Running.
+    Running,
+    /// Gone (exited, stopped, destroyed, or unknown to the engine).
+    Stopped,
+}
+
+/// Which runners `reap` may end: those of `app` whose parent is not `live_parent`.
+#[derive(Debug, Clone)]
+pub struct ReapScope {
+    /// The application name.
+    pub app: String,
+    /// The current (live) parent's id: its runners are kept.
+    pub live_parent: String,
+}
+
+/// Where a spawned runner can be reached, as a backend sees it, before resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerAddress {
+    /// The runner id.
+    pub runner_id: String,
+    /// The engine's id (container id, task ARN, machine id).
+    pub backend_id: String,
+    /// The address the engine reports (e.g. an ENI IPv4 or a 6PN IPv6), if any.
+    pub host: Option<String>,
+    /// The port the runner listens on.
+    pub port: u16,
+}
+
+/// Maps a spawned runner to the URL the parent should use. Every backend takes one, so tests
+/// can send traffic to a runner process they started on 127.0.0.1 instead of the private
+/// address an engine (or its emulator) reports.
+pub type AddressResolver = Arc<dyn Fn(&RunnerAddress) -> Option<String> + Send + Sync>;
+
+/// Starts and ends runners: a local process, a container, a task, a machine.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// A short name for logs (`local`, `docker`, `ecs`, `fly`).
+    fn name(&self) -> &str;
+
+    /// Starts a runner and returns once it answers `ping`; past `boot_timeout` it fails with
+    /// `SPAWN_TIMEOUT` and leaves nothing running.
+    async fn spawn(&self, request: SpawnRequest) -> Result<RunnerHandle>;
+
+    /// Ends a runner (graceful stop, then force). Idempotent: ending a gone runner is `Ok`.
+    async fn terminate(&self, handle: &RunnerHandle) -> Result<()>;
+
+    /// The runner's state as the engine sees it.
+    async fn status(&self, handle: &RunnerHandle) -> Result<RunnerState>;
+
+    /// Ends runners of `scope.app` left by parents other than `scope.live_parent` (a crashed
+    /// earlier parent); returns how many it ended.
+    async fn reap(&self, scope: &ReapScope) -> Result<usize>;
+}

@@ -1,0 +1,458 @@
+//! The [`Flame`] handle and its builder.
+
+use crate::backend::Backend;
+use crate::call::{backoff, safe_to_retry, CallOptions};
+use crate::codec;
+use crate::config::{Config, Mode};
+use crate::context::Context;
+use crate::error::{Error, ErrorCode, Result};
+use crate::guard::run_guarded;
+use crate::method::Method;
+use crate::pool::{CheckoutOptions, LeaseOutcome, Pool, PoolConfig, StaticPool};
+use crate::registry::Registry;
+use crate::runner::{Dispatcher, RunnerServer};
+use crate::transport::{Endpoint, Invocation, Transport};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+type Override = Box<dyn Fn(&mut Config) + Send + Sync>;
+
+/// Builds a [`Flame`]: registry, pools, backend, transport, configuration.
+pub struct FlameBuilder {
+    registry: Registry,
+    config: Config,
+    overrides: Vec<Override>,
+    app: Option<String>,
+    pool_configs: Vec<(String, PoolConfig)>,
+    pools: Vec<Arc<dyn Pool>>,
+    backend: Option<Arc<dyn Backend>>,
+    transport: Option<Arc<dyn Transport>>,
+    server: Option<Arc<dyn RunnerServer>>,
+}
+
+impl FlameBuilder {
+    fn set(mut self, f: impl Fn(&mut Config) + Send + Sync + 'static) -> Self {
+        f(&mut self.config);
+        self.overrides.push(Box::new(f));
+        self
+    }
+
+    /// Sets the mode explicitly (wins over `FLAME_MODE`).
+    pub fn mode(self, mode: Mode) -> Self {
+        self.set(move |c| c.mode = mode)
+    }
+
+    /// Replaces the whole configuration (later setters and explicit values still win).
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        for o in &self.overrides {
+            o(&mut self.config);
+        }
+        self
+    }
+
+    /// Sets the default call timeout.
+    pub fn request_timeout(self, timeout: Duration) -> Self {
+        self.set(move |c| c.request_timeout = timeout)
+    }
+
+    /// Sets static runner URLs for parent mode.
+    pub fn runner_urls(self, urls: Vec<String>) -> Self {
+        self.set(move |c| c.runner_urls = urls.clone())
+    }
+
+    /// Names the application (labels runners; defaults to the executable's name).
+    pub fn app(mut self, name: impl Into<String>) -> Self {
+        self.app = Some(name.into());
+        self
+    }
+
+    /// Declares an elastic pool grown through the backend.
+    pub fn pool(mut self, name: impl Into<String>, config: PoolConfig) -> Self {
+        self.pool_configs.push((name.into(), config));
+        self
+    }
+
+    /// Adds a ready-made pool (e.g. a [`StaticPool`]); it wins over a declared pool of the
+    /// same name.
+    pub fn with_pool(mut self, pool: Arc<dyn Pool>) -> Self {
+        self.pools.push(pool);
+        self
+    }
+
+    /// Sets the backend elastic pools start runners with.
+    pub fn backend(mut self, backend: impl Backend) -> Self {
+        self.backend = Some(Arc::new(backend));
+        self
+    }
+
+    /// Sets the parent-side transport.
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = Some(transport);
+        self
+    }
+
+    /// Sets the runner-side server.
+    pub fn server(mut self, server: Arc<dyn RunnerServer>) -> Self {
+        self.server = Some(server);
+        self
+    }
+
+    /// Reads `FLAME_*` variables (DESIGN.md §1); values set in code win. A malformed value is a
+    /// `CONFIG` error.
+    pub fn from_env(mut self) -> Result<Self> {
+        self.config.apply_lookup(&|k| std::env::var(k).ok())?;
+        for o in &self.overrides {
+            o(&mut self.config);
+        }
+        Ok(self)
+    }
+
+    /// The configuration as it stands.
+    pub fn current_config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Builds the handle for local or parent mode. In runner mode, serves handlers until the
+    /// server stops, then exits the process (a runner exists to serve): use
+    /// [`FlameBuilder::serve_runner`] to get control back instead.
+    pub async fn start(self) -> Result<Flame> {
+        if self.config.mode == Mode::Runner {
+            self.serve_runner().await?;
+            std::process::exit(0);
+        }
+        self.build()
+    }
+
+    /// Runner mode: serves the registry through the configured server until it stops.
+    pub async fn serve_runner(self) -> Result<()> {
+        self.registry.check()?;
+        let server = self.server.clone().ok_or_else(|| {
+            Error::config("runner mode needs a server: enable the `http` feature of `flame`")
+        })?;
+        let runner_id = std::env::var("FLAME_RUNNER_ID").unwrap_or_else(|_| uuid::Uuid::new_v4().to_string());
+        let dispatcher =
+            Arc::new(Dispatcher::new(self.registry, runner_id).with_expose_errors(self.config.expose_errors));
+        server
+            .serve(dispatcher, &self.config, CancellationToken::new())
+            .await
+    }
+
+    /// Builds the handle without serving (local and parent modes; runner mode builds a handle
+    /// whose calls run locally).
+    pub fn build(self) -> Result<Flame> {
+        self.registry.check()?;
+        let mut pools: HashMap<String, Arc<dyn Pool>> = HashMap::new();
+        if self.config.mode == Mode::Parent {
+            let transport_needed = self.transport.is_none();
+            if transport_needed {
+                return Err(Error::config(
+                    "parent mode needs a transport: enable the `http` feature of `flame`",
+                ));
+            }
+            let max_conc = |name: &str| {
+                self.pool_configs
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .map(|(_, c)| c.max_concurrency)
+                    .unwrap_or(100)
+            };
+            if !self.config.runner_urls.is_empty() {
+                let endpoints: Vec<Endpoint> = self
+                    .config
+                    .runner_urls
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| {
+                        Endpoint::new(u.clone(), format!("static-{i}"))
+                            .with_secret(self.config.secret.clone())
+                    })
+                    .collect();
+                let mut names: Vec<String> = self.pool_configs.iter().map(|(n, _)| n.clone()).collect();
+                names.push(self.config.default_pool.clone());
+                for name in names {
+                    let pool = StaticPool::new(name.clone(), endpoints.clone(), max_conc(&name));
+                    pools.insert(name, Arc::new(pool));
+                }
+            } else if !self.pool_configs.is_empty() && self.pools.is_empty() {
+                return Err(Error::config(
+                    "parent mode with declared pools needs FLAME_RUNNER_URL or ready-made pools",
+                ));
+            }
+            let _ = &self.backend;
+        }
+        for pool in self.pools {
+            pools.insert(pool.name().to_owned(), pool);
+        }
+        Ok(Flame {
+            inner: Arc::new(Inner {
+                registry: Arc::new(self.registry),
+                config: self.config,
+                pools,
+                transport: self.transport,
+                in_flight: AtomicUsize::new(0),
+                drained: Notify::new(),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+/// The handle an application calls through. Cheap to clone.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// use flame_core::{CallOptions, Context, Flame, Method, Mode, Registry};
+/// use std::time::Duration;
+/// const WORDS: Method<String, usize> = Method::new("text", "words");
+/// let registry = Registry::new().handle(WORDS, |_ctx: Context, s: String| async move {
+///     Ok(s.split_whitespace().count())
+/// });
+/// let flame = Flame::builder(registry).mode(Mode::Local).start().await.unwrap();
+/// assert_eq!(flame.call(WORDS, "to be or not".to_string()).await.unwrap(), 4);
+/// let n = flame
+///     .call_with(WORDS, "a b".to_string(), CallOptions::new().timeout(Duration::from_secs(1)))
+///     .await
+///     .unwrap();
+/// assert_eq!(n, 2);
+/// flame.shutdown().await.unwrap();
+/// # });
+/// ```
+#[derive(Clone)]
+pub struct Flame {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    registry: Arc<Registry>,
+    config: Config,
+    pools: HashMap<String, Arc<dyn Pool>>,
+    transport: Option<Arc<dyn Transport>>,
+    in_flight: AtomicUsize,
+    drained: Notify,
+    closed: AtomicBool,
+}
+
+struct CallGuard<'a>(&'a Inner);
+
+impl Drop for CallGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+impl Flame {
+    /// A builder over `registry`, configured with defaults (local mode) until told otherwise.
+    pub fn builder(registry: Registry) -> FlameBuilder {
+        FlameBuilder {
+            registry,
+            config: Config::default(),
+            overrides: Vec::new(),
+            app: None,
+            pool_configs: Vec::new(),
+            pools: Vec::new(),
+            backend: None,
+            transport: None,
+            server: None,
+        }
+    }
+
+    /// The mode this handle runs in.
+    pub fn mode(&self) -> Mode {
+        self.inner.config.mode
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// A pool by name.
+    pub fn pool(&self, name: &str) -> Option<&Arc<dyn Pool>> {
+        self.inner.pools.get(name)
+    }
+
+    /// Calls `method` with `req` and the default options.
+    pub async fn call<Req, Resp>(&self, method: Method<Req, Resp>, req: Req) -> Result<Resp>
+    where
+        Req: Serialize + Send + 'static,
+        Resp: DeserializeOwned + Send + 'static,
+    {
+        self.call_with(method, req, CallOptions::default()).await
+    }
+
+    /// Calls `method` with `req` and `options`.
+    pub async fn call_with<Req, Resp>(
+        &self,
+        method: Method<Req, Resp>,
+        req: Req,
+        options: CallOptions,
+    ) -> Result<Resp>
+    where
+        Req: Serialize + Send + 'static,
+        Resp: DeserializeOwned + Send + 'static,
+    {
+        let inner = &*self.inner;
+        if inner.closed.load(Ordering::Acquire) {
+            return Err(Error::new(ErrorCode::Shutdown, "flame is shutting down"));
+        }
+        inner.in_flight.fetch_add(1, Ordering::AcqRel);
+        let _guard = CallGuard(inner);
+        let timeout = options
+            .timeout
+            .or(method.timeout_ms().map(Duration::from_millis))
+            .unwrap_or(inner.config.request_timeout);
+        let deadline = Instant::now() + timeout;
+        match inner.config.mode {
+            Mode::Local | Mode::Runner => self.call_local(method, req, options, deadline).await,
+            Mode::Parent => self.call_remote(method, req, options, deadline).await,
+        }
+    }
+
+    async fn call_local<Req, Resp>(
+        &self,
+        method: Method<Req, Resp>,
+        req: Req,
+        options: CallOptions,
+        deadline: Instant,
+    ) -> Result<Resp>
+    where
+        Req: Serialize + Send + 'static,
+        Resp: DeserializeOwned + Send + 'static,
+    {
+        let entry = self
+            .inner
+            .registry
+            .lookup(method.service_id(), method.method_id())?;
+        let ctx = Context::new(uuid::Uuid::new_v4().to_string())
+            .with_deadline(Some(deadline))
+            .with_idempotency_key(options.idempotency_key)
+            .with_trace(options.trace)
+            .with_pool(options.pool);
+        if let Some(typed) = entry.typed::<Req, Resp>() {
+            let typed = typed.clone();
+            return run_guarded(ctx, move |ctx| typed(ctx, req)).await;
+        }
+        // Same ids, other types: go through the wire codec, as a remote call would.
+        let args = codec::to_args(&req)?;
+        let erased = entry.erased.clone();
+        let text = run_guarded(ctx, move |ctx| erased(ctx, args)).await?;
+        codec::decode_result(&text)
+    }
+
+    async fn call_remote<Req, Resp>(
+        &self,
+        method: Method<Req, Resp>,
+        req: Req,
+        options: CallOptions,
+        deadline: Instant,
+    ) -> Result<Resp>
+    where
+        Req: Serialize + Send + 'static,
+        Resp: DeserializeOwned + Send + 'static,
+    {
+        let pool_name = options
+            .pool
+            .as_deref()
+            .or(method.pool())
+            .unwrap_or(&self.inner.config.default_pool)
+            .to_owned();
+        let pool = self.inner.pools.get(&pool_name).ok_or_else(|| {
+            Error::new(
+                ErrorCode::NoRunner,
+                format!("no pool named `{pool_name}` is configured"),
+            )
+        })?;
+        let transport = self
+            .inner
+            .transport
+            .as_ref()
+            .ok_or_else(|| Error::config("parent mode needs a transport"))?;
+        let mut invocation = Invocation {
+            service_id: method.service_id().to_owned(),
+            method_id: method.method_id().to_owned(),
+            args: codec::encode_args(&req)?,
+            deadline: Some(deadline),
+            idempotency_key: options.idempotency_key.clone(),
+            trace: options.trace.clone(),
+            attempt: 1,
+        };
+        let mut delays = backoff(options.retries);
+        loop {
+            let err = match attempt(pool.as_ref(), transport.as_ref(), &invocation, deadline).await {
+                Ok(text) => return codec::decode_result(&text),
+                Err(e) => e,
+            };
+            if !safe_to_retry(&err, invocation.idempotency_key.is_some()) {
+                return Err(err);
+            }
+            let Some(delay) = delays.next() else {
+                return Err(err);
+            };
+            if Instant::now() + delay >= deadline {
+                return Err(err);
+            }
+            tracing::debug!(error = %err, attempt = invocation.attempt, ?delay, "flame call retrying");
+            tokio::time::sleep(delay).await;
+            invocation.attempt += 1;
+        }
+    }
+
+    /// Stops taking calls, waits for calls in flight, then shuts every pool down (ending its
+    /// runners).
+    pub async fn shutdown(&self) -> Result<()> {
+        let inner = &*self.inner;
+        inner.closed.store(true, Ordering::Release);
+        loop {
+            let drained = inner.drained.notified();
+            if inner.in_flight.load(Ordering::Acquire) == 0 {
+                break;
+            }
+            drained.await;
+        }
+        let mut first_err = None;
+        for pool in inner.pools.values() {
+            if let Err(e) = pool.shutdown(Duration::from_secs(30)).await {
+                tracing::warn!(pool = pool.name(), error = %e, "pool shutdown failed");
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// One attempt: lease a slot, invoke, give the slot back with how it went.
+async fn attempt(
+    pool: &dyn Pool,
+    transport: &dyn Transport,
+    invocation: &Invocation,
+    deadline: Instant,
+) -> Result<String> {
+    let lease = pool
+        .checkout(&CheckoutOptions {
+            deadline: Some(deadline),
+        })
+        .await?;
+    let result = tokio::select! {
+        r = transport.invoke(lease.endpoint(), invocation) => r,
+        _ = lease.lost().cancelled() => Err(Error::transport(format!(
+            "runner {} was lost while the call was in flight", lease.endpoint().runner_id
+        )).with_retryable(true)),
+        _ = tokio::time::sleep_until(deadline) => Err(Error::new(ErrorCode::Timeout, "call ran past its deadline")),
+    };
+    let outcome = match &result {
+        Err(e) if matches!(e.code(), ErrorCode::Transport) => LeaseOutcome::RunnerFailed,
+        _ => LeaseOutcome::Done,
+    };
+    lease.finish(outcome);
+    result
+}

@@ -1,0 +1,96 @@
+use std::time::Duration;
+
+/// Settings of an elastic pool. Defaults follow Elixir FLAME (`lib/flame/pool.ex`).
+///
+/// ```
+/// use flame_core::PoolConfig;
+/// use std::time::Duration;
+/// let cfg = PoolConfig::default().max(8).max_concurrency(4).idle_shutdown_after(Duration::from_secs(10));
+/// assert_eq!((cfg.min, cfg.max, cfg.max_concurrency), (0, 8, 4));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolConfig {
+    /// Runners kept even when idle. Default 0 (always 0 inside a runner).
+    pub min: usize,
+    /// Most runners at once (running + booting). Default 1.
+    pub max: usize,
+    /// Concurrent calls per runner. Default 100.
+    pub max_concurrency: usize,
+    /// A runner idle this long is ended (never below `min`). Default 30 s.
+    pub idle_shutdown_after: Duration,
+    /// A runner that does not answer `ping` within this is ended. Default 30 s.
+    pub boot_timeout: Duration,
+    /// Default timeout of calls through this pool. Default 30 s.
+    pub call_timeout: Duration,
+    /// Grace for calls in flight when the pool shuts down. Default 30 s.
+    pub shutdown_timeout: Duration,
+    /// Each runner serves one call, then is ended. Default false.
+    pub single_use: bool,
+    /// How often runners are pinged. Default 5 s (well inside the runner's 20 s failsafe).
+    pub health_interval: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            min: 0,
+            max: 1,
+            max_concurrency: 100,
+            idle_shutdown_after: Duration::from_secs(30),
+            boot_timeout: Duration::from_secs(30),
+            call_timeout: Duration::from_secs(30),
+            shutdown_timeout: Duration::from_secs(30),
+            single_use: false,
+            health_interval: Duration::from_secs(5),
+        }
+    }
+}
+
+impl PoolConfig {
+    /// Sets `min`.
+    pub fn min(mut self, n: usize) -> Self {
+        self.min = n;
+        self
+    }
+    /// Sets `max`.
+    pub fn max(mut self, n: usize) -> Self {
+        self.max = n;
+        self
+    }
+    /// Sets `max_concurrency`.
+    pub fn max_concurrency(mut self, n: usize) -> Self {
+        self.max_concurrency = n;
+        self
+    }
+    /// Sets `idle_shutdown_after`.
+    pub fn idle_shutdown_after(mut self, d: Duration) -> Self {
+        self.idle_shutdown_after = d;
+        self
+    }
+    /// Sets `boot_timeout`.
+    pub fn boot_timeout(mut self, d: Duration) -> Self {
+        self.boot_timeout = d;
+        self
+    }
+    /// Sets `call_timeout`.
+    pub fn call_timeout(mut self, d: Duration) -> Self {
+        self.call_timeout = d;
+        self
+    }
+    /// Sets `shutdown_timeout`.
+    pub fn shutdown_timeout(mut self, d: Duration) -> Self {
+        self.shutdown_timeout = d;
+        self
+    }
+    /// Sets `single_use`.
+    pub fn single_use(mut self, on: bool) -> Self {
+        self.single_use = on;
+        self
+    }
+    /// Sets `health_interval`.
+    pub fn health_interval(mut self, d: Duration) -> Self {
+        self.health_interval = d;
+        self
+    }
+}

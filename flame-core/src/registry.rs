@@ -1,0 +1,178 @@
+//! The registry: which handler serves which `(service_id, method_id)`.
+
+use crate::codec;
+use crate::context::Context;
+use crate::error::{Error, ErrorCode, Result};
+use crate::method::Method;
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use std::any::Any;
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+
+/// A handler with its request and response types intact (the local-mode fast path).
+pub(crate) type TypedFn<Req, Resp> =
+    Arc<dyn Fn(Context, Req) -> BoxFuture<'static, Result<Resp>> + Send + Sync>;
+
+/// A handler behind the wire codec: positional arguments in, superjson result text out.
+pub(crate) type ErasedFn =
+    Arc<dyn Fn(Context, Vec<Value>) -> BoxFuture<'static, Result<String>> + Send + Sync>;
+
+pub(crate) struct Entry {
+    typed: Box<dyn Any + Send + Sync>,
+    pub(crate) erased: ErasedFn,
+}
+
+impl Entry {
+    pub(crate) fn typed<Req: 'static, Resp: 'static>(&self) -> Option<&TypedFn<Req, Resp>> {
+        self.typed.downcast_ref::<TypedFn<Req, Resp>>()
+    }
+}
+
+/// Maps method ids to handlers, in the style of axum's router.
+///
+/// ```
+/// use flame_core::{Context, Method, Registry};
+/// const ADD: Method<(i64, i64), i64> = Method::new("math", "add");
+/// const UPPER: Method<String, String> = Method::new("text", "upper");
+/// let registry = Registry::new()
+///     .handle(ADD, |_ctx: Context, (a, b): (i64, i64)| async move { Ok(a + b) })
+///     .handle(UPPER, |_ctx: Context, s: String| async move { Ok(s.to_uppercase()) });
+/// assert!(registry.check().is_ok());
+/// assert!(registry.contains("math", "add"));
+///
+/// // Registering the same ids twice is an error, not a silent overwrite.
+/// let dup = registry.handle(ADD, |_ctx: Context, (a, b): (i64, i64)| async move { Ok(a - b) });
+/// assert!(dup.check().is_err());
+/// ```
+#[derive(Default)]
+pub struct Registry {
+    services: HashMap<String, HashMap<String, Entry>>,
+    errors: Vec<String>,
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    /// Registers `handler` for `method`. A duplicate is remembered and reported by
+    /// [`Registry::check`] (and so by `Flame::start`); use [`Registry::try_handle`] to get the
+    /// error at once.
+    pub fn handle<Req, Resp, F, Fut>(mut self, method: Method<Req, Resp>, handler: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(Context, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp>> + Send + 'static,
+    {
+        if let Err(e) = self.try_handle(method, handler) {
+            self.errors.push(e.message().to_owned());
+        }
+        self
+    }
+
+    /// Registers `handler` for `method`, failing if those ids are already registered.
+    pub fn try_handle<Req, Resp, F, Fut>(&mut self, method: Method<Req, Resp>, handler: F) -> Result<()>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Resp: Serialize + Send + 'static,
+        F: Fn(Context, Req) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Resp>> + Send + 'static,
+    {
+        let (service, id) = (method.service_id(), method.method_id());
+        if self.contains(service, id) {
+            return Err(Error::config(format!(
+                "method {service}/{id} is registered twice"
+            )));
+        }
+        let typed: TypedFn<Req, Resp> = Arc::new(move |ctx, req| Box::pin(handler(ctx, req)));
+        let inner = typed.clone();
+        let erased: ErasedFn = Arc::new(move |ctx, args| {
+            let decoded = codec::from_args::<Req>(args);
+            let inner = inner.clone();
+            Box::pin(async move {
+                let req = decoded?;
+                let resp = inner(ctx, req).await?;
+                codec::encode_result(&resp)
+            })
+        });
+        self.services.entry(service.to_owned()).or_default().insert(
+            id.to_owned(),
+            Entry {
+                typed: Box::new(typed),
+                erased,
+            },
+        );
+        Ok(())
+    }
+
+    /// Moves every handler of `other` into this registry (duplicates are reported by
+    /// [`Registry::check`]).
+    pub fn merge(mut self, other: Registry) -> Self {
+        self.errors.extend(other.errors);
+        for (service, methods) in other.services {
+            for (id, entry) in methods {
+                if self.contains(&service, &id) {
+                    self.errors
+                        .push(format!("method {service}/{id} is registered twice"));
+                } else {
+                    self.services
+                        .entry(service.clone())
+                        .or_default()
+                        .insert(id, entry);
+                }
+            }
+        }
+        self
+    }
+
+    /// Fails with a `CONFIG` error if any registration was a duplicate.
+    pub fn check(&self) -> Result<()> {
+        match self.errors.as_slice() {
+            [] => Ok(()),
+            errors => Err(Error::config(errors.join("; "))),
+        }
+    }
+
+    /// Whether a handler serves `service_id`/`method_id`.
+    pub fn contains(&self, service_id: &str, method_id: &str) -> bool {
+        self.get(service_id, method_id).is_some()
+    }
+
+    /// Every registered `(service_id, method_id)`, sorted.
+    pub fn methods(&self) -> Vec<(String, String)> {
+        let mut all: Vec<_> = self
+            .services
+            .iter()
+            .flat_map(|(s, ms)| ms.keys().map(move |m| (s.clone(), m.clone())))
+            .collect();
+        all.sort();
+        all
+    }
+
+    pub(crate) fn get(&self, service_id: &str, method_id: &str) -> Option<&Entry> {
+        self.services.get(service_id)?.get(method_id)
+    }
+
+    pub(crate) fn lookup(&self, service_id: &str, method_id: &str) -> Result<&Entry> {
+        self.get(service_id, method_id).ok_or_else(|| {
+            Error::new(
+                ErrorCode::NotFound,
+                format!("unknown method {service_id}/{method_id}"),
+            )
+        })
+    }
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("methods", &self.methods())
+            .finish()
+    }
+}

@@ -1,0 +1,27 @@
+//! The runner side: the [`Dispatcher`] that decodes an invocation, finds its handler, runs it
+//! with its deadline and encodes the reply; and the [`RunnerServer`] trait a transport
+//! implements to serve it.
+
+mod dispatch;
+
+pub use dispatch::{DispatchReply, Dispatcher};
+
+use crate::config::Config;
+use crate::error::Result;
+use async_trait::async_trait;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// Serves a [`Dispatcher`] to parents (e.g. `flame-http`'s hyper server). `serve` returns
+/// once `shutdown` fires (or the server stops on its own, e.g. on SIGTERM or when the parent
+/// is gone) and the calls in flight have drained.
+#[async_trait]
+pub trait RunnerServer: Send + Sync + 'static {
+    /// Serves until shut down.
+    async fn serve(
+        &self,
+        dispatcher: Arc<Dispatcher>,
+        config: &Config,
+        shutdown: CancellationToken,
+    ) -> Result<()>;
+}
