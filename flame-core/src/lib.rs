@@ -38,6 +38,8 @@ pub mod method;
 pub mod pool;
 pub mod registry;
 pub mod runner;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod transport;
 
 pub use backend::{
