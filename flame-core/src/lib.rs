@@ -51,7 +51,9 @@ pub use context::Context;
 pub use error::{Error, ErrorCode, Result};
 pub use flame::{Flame, FlameBuilder};
 pub use method::Method;
-pub use pool::{CheckoutOptions, Lease, LeaseOutcome, Pool, PoolConfig, PoolStats, StaticPool};
+pub use pool::{
+    CheckoutOptions, ElasticPool, Lease, LeaseOutcome, Pool, PoolConfig, PoolEvent, PoolStats, StaticPool,
+};
 pub use registry::Registry;
 pub use runner::{DispatchReply, Dispatcher, RunnerServer};
 pub use transport::{Endpoint, InMemoryTransport, Invocation, RunnerStatus, Transport};

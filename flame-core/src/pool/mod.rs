@@ -1,10 +1,12 @@
 //! Pools of runners: the [`Pool`] trait, the [`Lease`] it hands out, and the pools flame
-//! ships ([`StaticPool`] over fixed URLs).
+//! ships ([`StaticPool`] over fixed URLs, [`ElasticPool`] grown through a backend).
 
 mod config;
+pub mod elastic;
 mod static_pool;
 
 pub use config::PoolConfig;
+pub use elastic::{ElasticPool, ElasticPoolBuilder, PoolEvent, PoolEventHook, RunnerTemplate};
 pub use static_pool::StaticPool;
 
 use crate::error::Result;
