@@ -1,22 +1,26 @@
 //! The [`Flame`] handle and its builder.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, LocalProcess, ReapScope};
 use crate::call::{backoff, safe_to_retry, CallOptions};
 use crate::codec;
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, Secret};
 use crate::context::Context;
 use crate::error::{Error, ErrorCode, Result};
 use crate::guard::run_guarded;
 use crate::method::Method;
-use crate::pool::{CheckoutOptions, LeaseOutcome, Pool, PoolConfig, StaticPool};
+use crate::pool::{
+    CheckoutOptions, ElasticPool, LeaseOutcome, Pool, PoolConfig, PoolEvent, PoolEventHook, RunnerTemplate,
+    StaticPool,
+};
 use crate::registry::Registry;
+use crate::runner::failsafe::Failsafe;
 use crate::runner::{Dispatcher, RunnerServer};
 use crate::transport::{Endpoint, Invocation, Transport};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -25,6 +29,27 @@ use tokio_util::sync::CancellationToken;
 type Override = Box<dyn Fn(&mut Config) + Send + Sync>;
 
 /// Builds a [`Flame`]: registry, pools, backend, transport, configuration.
+///
+/// In parent mode without `FLAME_RUNNER_URL`, every pool declared with
+/// [`FlameBuilder::pool`] becomes an [`ElasticPool`] over the backend (default:
+/// [`LocalProcess::current_exe`]); with no pool declared, the default pool gets
+/// [`PoolConfig::default`]. Each pool has its own fresh secret. [`FlameBuilder::start`] also
+/// reaps runners a crashed earlier parent of the same app left behind, and (unless
+/// [`FlameBuilder::handle_signals`] is off) makes Ctrl-C / `SIGTERM` shut down cleanly: calls
+/// drain, every runner is ended, then the process exits.
+///
+/// ```no_run
+/// # async fn run(registry: flame_core::Registry) -> flame_core::Result<()> {
+/// use flame_core::{Flame, LocalProcess, Mode, PoolConfig};
+/// let flame = Flame::builder(registry)
+///     .pool("default", PoolConfig::default().max(4))
+///     .backend(LocalProcess::current_exe())
+///     .default_mode(Mode::Parent) // FLAME_MODE=local still wins
+///     .from_env()?
+///     .start()
+///     .await?;
+/// # Ok(()) }
+/// ```
 pub struct FlameBuilder {
     registry: Registry,
     config: Config,
@@ -35,6 +60,12 @@ pub struct FlameBuilder {
     backend: Option<Arc<dyn Backend>>,
     transport: Option<Arc<dyn Transport>>,
     server: Option<Arc<dyn RunnerServer>>,
+    explicit_mode: bool,
+    env_mode: bool,
+    default_mode: Option<Mode>,
+    pool_hooks: Vec<PoolEventHook>,
+    handle_signals: bool,
+    runner_env: BTreeMap<String, String>,
 }
 
 impl FlameBuilder {
@@ -45,8 +76,24 @@ impl FlameBuilder {
     }
 
     /// Sets the mode explicitly (wins over `FLAME_MODE`).
-    pub fn mode(self, mode: Mode) -> Self {
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.explicit_mode = true;
         self.set(move |c| c.mode = mode)
+    }
+
+    /// The mode when neither code ([`FlameBuilder::mode`]) nor the environment (`FLAME_MODE`,
+    /// `FLAME_RUNNER`) names one; e.g. `Mode::Parent` for a program that should run remotely by
+    /// default while `FLAME_MODE=local` still runs it in-process.
+    pub fn default_mode(mut self, mode: Mode) -> Self {
+        self.default_mode = Some(mode);
+        self.resolve_mode();
+        self
+    }
+
+    fn resolve_mode(&mut self) {
+        if let (false, false, Some(mode)) = (self.explicit_mode, self.env_mode, self.default_mode) {
+            self.config.mode = mode;
+        }
     }
 
     /// Replaces the whole configuration (later setters and explicit values still win).
@@ -55,6 +102,28 @@ impl FlameBuilder {
         for o in &self.overrides {
             o(&mut self.config);
         }
+        self.resolve_mode();
+        self
+    }
+
+    /// Calls `hook` with every event of every elastic pool this builder makes (`grow_start`,
+    /// `grow_end`, `shrink`, `runner_down`); they are also `tracing` events.
+    pub fn on_pool_event(mut self, hook: impl Fn(&PoolEvent) + Send + Sync + 'static) -> Self {
+        self.pool_hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// Whether [`FlameBuilder::start`] in parent mode makes Ctrl-C / `SIGTERM` shut flame down
+    /// cleanly (drain calls, end every runner, exit the process). Default true; turn it off to
+    /// handle signals yourself and call [`Flame::shutdown`].
+    pub fn handle_signals(mut self, on: bool) -> Self {
+        self.handle_signals = on;
+        self
+    }
+
+    /// Adds an environment variable for every runner the elastic pools start.
+    pub fn runner_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.runner_env.insert(key.into(), value.into());
         self
     }
 
@@ -109,9 +178,12 @@ impl FlameBuilder {
     /// `CONFIG` error.
     pub fn from_env(mut self) -> Result<Self> {
         self.config.apply_lookup(&|k| std::env::var(k).ok())?;
+        let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.trim().is_empty());
+        self.env_mode |= set("FLAME_MODE") || (set("FLAME_RUNNER") && self.config.mode == Mode::Runner);
         for o in &self.overrides {
             o(&mut self.config);
         }
+        self.resolve_mode();
         Ok(self)
     }
 
@@ -125,14 +197,36 @@ impl FlameBuilder {
     /// [`FlameBuilder::serve_runner`] to get control back instead.
     pub async fn start(self) -> Result<Flame> {
         if self.config.mode == Mode::Runner {
-            self.serve_runner().await?;
+            self.serve(true).await?;
             std::process::exit(0);
         }
-        self.build()
+        let handle_signals = self.handle_signals;
+        let flame = self.build()?;
+        if let Some(backend) = flame.inner.backend.clone() {
+            let scope = ReapScope {
+                app: flame.inner.app.clone(),
+                live_parent: flame.inner.parent_id.clone(),
+            };
+            tokio::spawn(async move {
+                if let Err(e) = backend.reap(&scope).await {
+                    tracing::warn!(target: "flame::pool", error = %e, "reaping runners of an earlier parent failed");
+                }
+            });
+            if handle_signals {
+                flame.shutdown_on_signal();
+            }
+        }
+        Ok(flame)
     }
 
-    /// Runner mode: serves the registry through the configured server until it stops.
+    /// Runner mode: serves the registry through the configured server until it stops: told
+    /// to by `SIGTERM`/Ctrl-C (it drains first), or by the no-orphan failsafe when the parent
+    /// is gone (see [`crate::runner::failsafe`]; only runners started with `FLAME_PARENT_ID`).
     pub async fn serve_runner(self) -> Result<()> {
+        self.serve(false).await
+    }
+
+    async fn serve(self, exiting: bool) -> Result<()> {
         self.registry.check()?;
         let server = self.server.clone().ok_or_else(|| {
             Error::config("runner mode needs a server: enable the `http` feature of `flame`")
@@ -140,9 +234,30 @@ impl FlameBuilder {
         let runner_id = std::env::var("FLAME_RUNNER_ID").unwrap_or_else(|_| uuid::Uuid::new_v4().to_string());
         let dispatcher =
             Arc::new(Dispatcher::new(self.registry, runner_id).with_expose_errors(self.config.expose_errors));
-        server
-            .serve(dispatcher, &self.config, CancellationToken::new())
-            .await
+        let shutdown = CancellationToken::new();
+        let watchdog = Failsafe::from_config(&self.config).map(|f| {
+            let f = if exiting {
+                f.hard_exit_after(Duration::from_secs(10))
+            } else {
+                f
+            };
+            f.spawn(dispatcher.clone(), shutdown.clone())
+        });
+        let signals = {
+            let (dispatcher, shutdown) = (dispatcher.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let name = terminate_signal().await;
+                tracing::info!(target: "flame::runner", signal = name, "draining, then exiting");
+                dispatcher.set_draining();
+                shutdown.cancel();
+            })
+        };
+        let served = server.serve(dispatcher, &self.config, shutdown.clone()).await;
+        signals.abort();
+        if let Some(w) = watchdog {
+            w.abort();
+        }
+        served
     }
 
     /// Builds the handle without serving (local and parent modes; runner mode builds a handle
@@ -150,6 +265,9 @@ impl FlameBuilder {
     pub fn build(self) -> Result<Flame> {
         self.registry.check()?;
         let mut pools: HashMap<String, Arc<dyn Pool>> = HashMap::new();
+        let parent_id = uuid::Uuid::new_v4().to_string();
+        let app = self.app.clone().unwrap_or_else(default_app_name);
+        let mut elastic_backend = None;
         if self.config.mode == Mode::Parent {
             let transport_needed = self.transport.is_none();
             if transport_needed {
@@ -181,12 +299,38 @@ impl FlameBuilder {
                     let pool = StaticPool::new(name.clone(), endpoints.clone(), max_conc(&name));
                     pools.insert(name, Arc::new(pool));
                 }
-            } else if !self.pool_configs.is_empty() && self.pools.is_empty() {
-                return Err(Error::config(
-                    "parent mode with declared pools needs FLAME_RUNNER_URL or ready-made pools",
-                ));
+            } else {
+                let declared = if self.pool_configs.is_empty() {
+                    vec![(self.config.default_pool.clone(), PoolConfig::default())]
+                } else {
+                    self.pool_configs.clone()
+                };
+                for (name, pool_config) in declared {
+                    if self.pools.iter().any(|p| p.name() == name) || pools.contains_key(&name) {
+                        continue;
+                    }
+                    let Some(transport) = self.transport.clone() else {
+                        continue;
+                    };
+                    let backend = elastic_backend
+                        .get_or_insert_with(|| {
+                            self.backend
+                                .clone()
+                                .unwrap_or_else(|| Arc::new(LocalProcess::current_exe()))
+                        })
+                        .clone();
+                    let mut template =
+                        RunnerTemplate::new(app.clone(), parent_id.clone(), Secret::generate(), transport)
+                            .parent_timeout(self.config.parent_timeout);
+                    template.env = self.runner_env.clone();
+                    let mut builder =
+                        ElasticPool::builder(name.clone(), backend, template).config(pool_config);
+                    for hook in &self.pool_hooks {
+                        builder = builder.on_event_shared(hook.clone());
+                    }
+                    pools.insert(name, Arc::new(builder.build()?));
+                }
             }
-            let _ = &self.backend;
         }
         for pool in self.pools {
             pools.insert(pool.name().to_owned(), pool);
@@ -200,8 +344,43 @@ impl FlameBuilder {
                 in_flight: AtomicUsize::new(0),
                 drained: Notify::new(),
                 closed: AtomicBool::new(false),
+                backend: elastic_backend,
+                app,
+                parent_id,
             }),
         })
+    }
+}
+
+/// The executable's file name, else `flame`.
+fn default_app_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "flame".to_owned())
+}
+
+/// Waits for Ctrl-C or (on Unix) `SIGTERM`; returns the signal's name.
+async fn terminate_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+                _ = term.recv() => "SIGTERM",
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
     }
 }
 
@@ -238,6 +417,10 @@ struct Inner {
     in_flight: AtomicUsize,
     drained: Notify,
     closed: AtomicBool,
+    /// The backend of the elastic pools, if any (for reap).
+    backend: Option<Arc<dyn Backend>>,
+    app: String,
+    parent_id: String,
 }
 
 struct CallGuard<'a>(&'a Inner);
@@ -263,7 +446,50 @@ impl Flame {
             backend: None,
             transport: None,
             server: None,
+            explicit_mode: false,
+            env_mode: false,
+            default_mode: None,
+            pool_hooks: Vec::new(),
+            handle_signals: true,
+            runner_env: BTreeMap::new(),
         }
+    }
+
+    /// This parent's id (`FLAME_PARENT_ID` of the runners it starts).
+    pub fn parent_id(&self) -> &str {
+        &self.inner.parent_id
+    }
+
+    /// The application name runners are labelled with.
+    pub fn app(&self) -> &str {
+        &self.inner.app
+    }
+
+    /// Makes Ctrl-C / `SIGTERM` shut flame down cleanly — calls drain, every runner is ended —
+    /// and then exit the process (status 130 / 143); a second signal exits at once.
+    /// [`FlameBuilder::start`] calls this in parent mode with elastic pools unless
+    /// [`FlameBuilder::handle_signals`] is off.
+    pub fn shutdown_on_signal(&self) -> tokio::task::JoinHandle<()> {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let name = terminate_signal().await;
+            let code = if name == "SIGTERM" { 143 } else { 130 };
+            if let Some(inner) = weak.upgrade() {
+                let flame = Flame { inner };
+                tracing::info!(target: "flame", signal = name, "shutting down: draining calls, ending runners");
+                tokio::select! {
+                    r = flame.shutdown() => {
+                        if let Err(e) = r {
+                            tracing::warn!(target: "flame", error = %e, "shutdown after a signal failed");
+                        }
+                    }
+                    again = terminate_signal() => {
+                        tracing::warn!(target: "flame", signal = again, "second signal: exiting now");
+                    }
+                }
+            }
+            std::process::exit(code);
+        })
     }
 
     /// The mode this handle runs in.

@@ -43,7 +43,7 @@ pub mod testkit;
 pub mod transport;
 
 pub use backend::{
-    AddressResolver, Backend, ReapScope, RunnerAddress, RunnerHandle, RunnerState, SpawnRequest,
+    AddressResolver, Backend, LocalProcess, ReapScope, RunnerAddress, RunnerHandle, RunnerState, SpawnRequest,
 };
 pub use call::CallOptions;
 pub use config::{Config, Mode, Secret};

@@ -1,4 +1,9 @@
-//! How runners come and go: the [`Backend`] trait and what it is handed and hands back.
+//! How runners come and go: the [`Backend`] trait and what it is handed and hands back, and
+//! [`LocalProcess`], the embedded default backend.
+
+pub mod local_process;
+
+pub use local_process::LocalProcess;
 
 use crate::config::Secret;
 use crate::error::Result;

@@ -3,6 +3,7 @@
 //! implements to serve it.
 
 mod dispatch;
+pub mod failsafe;
 
 pub use dispatch::{DispatchReply, Dispatcher};
 
