@@ -1,0 +1,922 @@
+//! The [`DockerBackend`]: runners as containers.
+
+use crate::config::{
+    Gpus, Limits, Network, PullPolicy, DEFAULT_API_TIMEOUT, DEFAULT_RUNNER_PORT, DEFAULT_STOP_GRACE,
+};
+use crate::detect;
+use crate::error::{engine_error, is_conflict, is_not_found};
+use async_trait::async_trait;
+use bollard::container::LogOutput;
+use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, DeviceRequest, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
+    LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
+};
+use bollard::Docker;
+use flame_core::backend::labels;
+use flame_core::{
+    AddressResolver, Backend, Endpoint, Error, ErrorCode, ReapScope, Result, RunnerAddress, RunnerHandle,
+    RunnerState, SpawnRequest,
+};
+use futures::StreamExt;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+/// The default socket, as the Docker CLI uses it when `DOCKER_HOST` is unset.
+const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
+
+/// Lines of runner output kept for error messages about a runner that failed to boot.
+const TAIL_LINES: usize = 20;
+
+/// Builds a [`DockerBackend`]; start with [`DockerBackend::builder`].
+#[derive(Clone)]
+pub struct DockerBackendBuilder {
+    host: Option<String>,
+    image: Option<String>,
+    use_own_image: bool,
+    command: Option<Vec<String>>,
+    forward_env: Vec<String>,
+    env: BTreeMap<String, String>,
+    limits: Limits,
+    gpus: Option<Gpus>,
+    network: Network,
+    runner_port: u16,
+    labels: BTreeMap<String, String>,
+    pull_policy: PullPolicy,
+    stop_grace: Duration,
+    api_timeout: Duration,
+    init: bool,
+    resolver: Option<AddressResolver>,
+}
+
+impl fmt::Debug for DockerBackendBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DockerBackendBuilder")
+            .field("host", &self.host)
+            .field("image", &self.image)
+            .field("use_own_image", &self.use_own_image)
+            .field("network", &self.network)
+            .field("pull_policy", &self.pull_policy)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DockerBackendBuilder {
+    /// The engine to talk to, e.g. `unix:///var/run/docker.sock` or `tcp://127.0.0.1:2375`.
+    /// Default: `DOCKER_HOST`, else the local socket, as the Docker CLI does.
+    pub fn docker_host(mut self, host: impl Into<String>) -> Self {
+        self.host = Some(host.into());
+        self
+    }
+
+    /// The runner image when the parent does not itself run in a container (or when
+    /// [`DockerBackendBuilder::use_own_image`] is off).
+    pub fn image(mut self, image: impl Into<String>) -> Self {
+        self.image = Some(image.into());
+        self
+    }
+
+    /// Whether a parent that runs in a container starts runners from its own image, with the
+    /// image's own command (default `true`). The backend finds its container through its cgroup,
+    /// mount table and hostname, and asks dockerd about it.
+    pub fn use_own_image(mut self, yes: bool) -> Self {
+        self.use_own_image = yes;
+        self
+    }
+
+    /// Replaces the image's command (`CMD`) for runners. By default runners run the image's
+    /// own command, with `FLAME_MODE=runner` in the environment.
+    pub fn command<I, S>(mut self, command: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.command = Some(command.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Names of the parent's environment variables to copy into every runner (runners do not
+    /// inherit the parent's environment otherwise).
+    pub fn forward_env<I, S>(mut self, names: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.forward_env.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Sets one environment variable for every runner (the runner variables flame sets, such as
+    /// `FLAME_MODE`, win over it).
+    pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.env.insert(name.into(), value.into());
+        self
+    }
+
+    /// Memory limit of each runner, in bytes (`--memory`).
+    pub fn memory_bytes(mut self, bytes: i64) -> Self {
+        self.limits.memory_bytes = Some(bytes);
+        self
+    }
+
+    /// CPU limit of each runner, in CPUs (`--cpus`, e.g. `1.5`).
+    pub fn cpus(mut self, cpus: f64) -> Self {
+        self.limits.nano_cpus = Some((cpus * 1e9).round() as i64);
+        self
+    }
+
+    /// GPUs for each runner (Docker device requests, driver `nvidia`, capability `gpu`).
+    pub fn gpus(mut self, gpus: Gpus) -> Self {
+        self.gpus = Some(gpus);
+        self
+    }
+
+    /// The network runners join (default [`Network::Host`]).
+    pub fn network(mut self, network: Network) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// The port runners listen on inside a [`Network::Named`] network (default 8080).
+    pub fn runner_port(mut self, port: u16) -> Self {
+        self.runner_port = port;
+        self
+    }
+
+    /// Adds a label to every runner container (the `flame.*` labels are always set and win).
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// When to pull the image (default [`PullPolicy::IfMissing`]; the parent's own image is
+    /// never pulled).
+    pub fn pull_policy(mut self, policy: PullPolicy) -> Self {
+        self.pull_policy = policy;
+        self
+    }
+
+    /// How long `terminate` lets a runner drain after SIGTERM before SIGKILL (default 10 s;
+    /// whole seconds, rounded up).
+    pub fn stop_grace(mut self, grace: Duration) -> Self {
+        self.stop_grace = grace;
+        self
+    }
+
+    /// Whether runners get Docker's init process as PID 1 (`docker run --init`, default
+    /// `true`), which forwards `terminate`'s SIGTERM to the runner and reaps zombies. Turn it
+    /// off for an engine without `docker-init`.
+    pub fn init(mut self, yes: bool) -> Self {
+        self.init = yes;
+        self
+    }
+
+    /// Bound on each dockerd request (default 60 s).
+    pub fn api_timeout(mut self, timeout: Duration) -> Self {
+        self.api_timeout = timeout;
+        self
+    }
+
+    /// Maps each started runner to the URL the parent uses (DESIGN.md §6), overriding the
+    /// announced URL or container address.
+    pub fn address_resolver(mut self, resolver: AddressResolver) -> Self {
+        self.resolver = Some(resolver);
+        self
+    }
+
+    /// Builds the backend. No request goes to dockerd until the first operation; an
+    /// unsupported `DOCKER_HOST` scheme is a `CONFIG` error here.
+    pub fn build(self) -> Result<DockerBackend> {
+        let host = self
+            .host
+            .clone()
+            .or_else(|| std::env::var("DOCKER_HOST").ok().filter(|h| !h.trim().is_empty()))
+            .unwrap_or_else(|| DEFAULT_HOST.to_owned());
+        let supported = ["unix://", "tcp://", "http://"];
+        if !supported.iter().any(|s| host.starts_with(s)) {
+            return Err(Error::config(format!(
+                "DOCKER_HOST={host:?} is not supported: use unix:///path/docker.sock or tcp://host:port"
+            )));
+        }
+        if let Network::Named(name) = &self.network {
+            if name.trim().is_empty() {
+                return Err(Error::config("the runner network name is empty"));
+            }
+        }
+        if !self.use_own_image && self.image.is_none() {
+            return Err(Error::config(
+                "the Docker backend needs a runner image: call DockerBackendBuilder::image",
+            ));
+        }
+        Ok(DockerBackend {
+            inner: Arc::new(Inner {
+                host,
+                settings: self,
+                client: OnceCell::new(),
+                target: OnceCell::new(),
+            }),
+        })
+    }
+}
+
+/// A [`Backend`] that runs each runner as a Docker container, through dockerd's API
+/// ([bollard]).
+///
+/// - **Image and command.** A parent that runs in a container starts runners from its own
+///   image with its own command; otherwise from [`DockerBackendBuilder::image`] with the
+///   image's command. `FLAME_MODE=runner` and the other runner variables are added to the
+///   environment, with the variables the user forwards.
+/// - **Labels.** Every container carries `flame.app`, `flame.pool`, `flame.parent` and
+///   `flame.runner`, and `AutoRemove`, so a runner that exits is gone.
+/// - **Address.** The runner's URL comes from its `FLAME_READY <url>` line in the container's
+///   log stream ([`Network::Host`]), or from its address on a [`Network::Named`] network; the
+///   address resolver overrides either.
+/// - **Errors.** dockerd errors become `BACKEND` errors with the engine's message, retryable
+///   where a retry can help.
+///
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct DockerBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    host: String,
+    settings: DockerBackendBuilder,
+    client: OnceCell<Docker>,
+    target: OnceCell<Target>,
+}
+
+/// What runners run: an image, and optionally the command to run in it.
+#[derive(Debug, Clone)]
+struct Target {
+    image: String,
+    entrypoint: Option<Vec<String>>,
+    cmd: Option<Vec<String>>,
+    own: bool,
+}
+
+impl fmt::Debug for DockerBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DockerBackend")
+            .field("host", &self.inner.host)
+            .field("settings", &self.inner.settings)
+            .finish()
+    }
+}
+
+impl DockerBackend {
+    /// A builder with the defaults: `DOCKER_HOST` or the local socket, the parent's own image
+    /// when it runs in a container, host networking, pull if missing, 10 s stop grace.
+    pub fn builder() -> DockerBackendBuilder {
+        DockerBackendBuilder {
+            host: None,
+            image: None,
+            use_own_image: true,
+            command: None,
+            forward_env: Vec::new(),
+            env: BTreeMap::new(),
+            limits: Limits::default(),
+            gpus: None,
+            network: Network::Host,
+            runner_port: DEFAULT_RUNNER_PORT,
+            labels: BTreeMap::new(),
+            pull_policy: PullPolicy::IfMissing,
+            stop_grace: DEFAULT_STOP_GRACE,
+            api_timeout: DEFAULT_API_TIMEOUT,
+            init: true,
+            resolver: None,
+        }
+    }
+
+    /// A backend running `image` with every other setting at its default (the parent's own
+    /// image still wins when the parent runs in a container).
+    pub fn new(image: impl Into<String>) -> Result<DockerBackend> {
+        DockerBackend::builder().image(image).build()
+    }
+
+    /// The engine address this backend talks to (`unix://…` or `tcp://…`).
+    pub fn docker_host(&self) -> &str {
+        &self.inner.host
+    }
+
+    /// The image runners are started from: the parent's own image when it runs in a container
+    /// (and [`DockerBackendBuilder::use_own_image`] is on), else the configured one.
+    pub async fn runner_image(&self) -> Result<String> {
+        let docker = self.client().await?;
+        Ok(self.target(&docker).await?.image.clone())
+    }
+
+    /// Checks that dockerd answers (`GET /_ping`).
+    pub async fn ping_engine(&self) -> Result<()> {
+        let docker = self.client().await?;
+        self.call("ping dockerd", docker.ping()).await.map(|_| ())
+    }
+
+    /// Connects (once) and negotiates the API version with the engine.
+    async fn client(&self) -> Result<Docker> {
+        let host = &self.inner.host;
+        let timeout = self.inner.settings.api_timeout;
+        self.inner
+            .client
+            .get_or_try_init(|| async {
+                let docker = Docker::connect_with_host(host)
+                    .map_err(|e| engine_error("connect", host, e))?
+                    .with_timeout(timeout);
+                match tokio::time::timeout(timeout, docker.negotiate_version()).await {
+                    Ok(Ok(docker)) => Ok(docker),
+                    Ok(Err(e)) => Err(engine_error("negotiate the API version", host, e)),
+                    Err(_) => Err(engine_error(
+                        "negotiate the API version",
+                        host,
+                        bollard::errors::Error::RequestTimeoutError,
+                    )),
+                }
+            })
+            .await
+            .cloned()
+    }
+
+    /// Runs one dockerd request, bounded by the API timeout, mapping its error.
+    async fn call<T>(
+        &self,
+        op: &str,
+        fut: impl std::future::Future<Output = std::result::Result<T, bollard::errors::Error>>,
+    ) -> Result<T> {
+        self.call_raw(op, fut)
+            .await?
+            .map_err(|e| engine_error(op, &self.inner.host, e))
+    }
+
+    /// Like [`DockerBackend::call`], but hands back the engine's error for the caller to look
+    /// at (404 and 409 are fine in some places).
+    async fn call_raw<T>(
+        &self,
+        op: &str,
+        fut: impl std::future::Future<Output = std::result::Result<T, bollard::errors::Error>>,
+    ) -> Result<std::result::Result<T, bollard::errors::Error>> {
+        let bound = self.inner.settings.api_timeout + self.stop_grace_secs_duration();
+        tokio::time::timeout(bound, fut)
+            .await
+            .map_err(|_| engine_error(op, &self.inner.host, bollard::errors::Error::RequestTimeoutError))
+    }
+
+    fn stop_grace_secs(&self) -> i32 {
+        let grace = self.inner.settings.stop_grace;
+        let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+        i32::try_from(secs).unwrap_or(i32::MAX)
+    }
+
+    fn stop_grace_secs_duration(&self) -> Duration {
+        Duration::from_secs(self.stop_grace_secs().max(0) as u64)
+    }
+
+    /// Finds what runners run (once): the parent's own container, else the configured image.
+    async fn target(&self, docker: &Docker) -> Result<&Target> {
+        self.inner
+            .target
+            .get_or_try_init(|| async {
+                let s = &self.inner.settings;
+                if s.use_own_image {
+                    if let Some(own) = self.own_container(docker).await? {
+                        tracing::debug!(image = %own.image, "flame docker: runners use the parent's own image");
+                        return Ok(Target {
+                            cmd: s.command.clone(),
+                            ..own
+                        });
+                    }
+                }
+                let image = s.image.clone().ok_or_else(|| {
+                    Error::config(
+                        "the parent does not run in a container and no runner image is configured: \
+                         call DockerBackendBuilder::image",
+                    )
+                })?;
+                Ok(Target {
+                    image,
+                    entrypoint: None,
+                    cmd: s.command.clone(),
+                    own: false,
+                })
+            })
+            .await
+    }
+
+    /// This process's own container, if it runs in one that this engine knows.
+    async fn own_container(&self, docker: &Docker) -> Result<Option<Target>> {
+        let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let hostname = hostname.trim();
+        for candidate in detect::own_container_candidates() {
+            let found = self
+                .call_raw(
+                    "inspect the parent's own container",
+                    docker.inspect_container(&candidate, None),
+                )
+                .await?;
+            let info = match found {
+                Ok(info) => info,
+                Err(e) if is_not_found(&e) => continue,
+                Err(e) => {
+                    return Err(engine_error(
+                        "inspect the parent's own container",
+                        &self.inner.host,
+                        e,
+                    ))
+                }
+            };
+            let id = info.id.clone().unwrap_or_default();
+            let config = info.config.clone().unwrap_or_default();
+            // A candidate found by hostname must really be this container, not one that
+            // happens to be named like this host.
+            let same = id.starts_with(&candidate)
+                || config.hostname.as_deref() == Some(hostname) && !hostname.is_empty();
+            let Some(image) = info.image.clone().filter(|_| same) else {
+                continue;
+            };
+            // The image's own command: the parent's container may run with extra arguments,
+            // but a runner is told what it is by `FLAME_MODE=runner`.
+            return Ok(Some(Target {
+                image,
+                entrypoint: None,
+                cmd: None,
+                own: true,
+            }));
+        }
+        Ok(None)
+    }
+
+    /// Applies the pull policy to `target`.
+    async fn ensure_image(&self, docker: &Docker, target: &Target) -> Result<()> {
+        if target.own {
+            return Ok(());
+        }
+        let pull = match self.inner.settings.pull_policy {
+            PullPolicy::Never => false,
+            PullPolicy::Always => true,
+            PullPolicy::IfMissing => {
+                match self
+                    .call_raw("inspect the runner image", docker.inspect_image(&target.image))
+                    .await?
+                {
+                    Ok(_) => false,
+                    Err(e) if is_not_found(&e) => true,
+                    Err(e) => return Err(engine_error("inspect the runner image", &self.inner.host, e)),
+                }
+            }
+        };
+        if !pull {
+            return Ok(());
+        }
+        let (name, tag) = detect::split_image(&target.image);
+        let mut options = CreateImageOptionsBuilder::new().from_image(&name);
+        if !tag.is_empty() {
+            options = options.tag(&tag);
+        }
+        let op = format!("pull the runner image {}", target.image);
+        let mut progress = docker.create_image(Some(options.build()), None, None);
+        let pulled = async {
+            while let Some(item) = progress.next().await {
+                item?;
+            }
+            Ok(())
+        };
+        self.call(&op, pulled).await
+    }
+
+    /// The container to create for `request`.
+    fn container_body(&self, request: &SpawnRequest, target: &Target) -> ContainerCreateBody {
+        let s = &self.inner.settings;
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
+        for name in &s.forward_env {
+            if let Ok(value) = std::env::var(name) {
+                env.insert(name.clone(), value);
+            }
+        }
+        env.extend(s.env.clone());
+        env.extend(request.env.clone());
+        env.insert("FLAME_MODE".into(), "runner".into());
+        env.entry("FLAME_RUNNER_ID".into())
+            .or_insert_with(|| request.runner_id.clone());
+        env.entry("FLAME_PARENT_ID".into())
+            .or_insert_with(|| request.parent_id.clone());
+        if let Some(secret) = &request.secret {
+            env.entry("FLAME_SECRET".into())
+                .or_insert_with(|| secret.expose().to_owned());
+        }
+        let network_mode = match &s.network {
+            Network::Host => {
+                env.entry("FLAME_LISTEN".into())
+                    .or_insert_with(|| "127.0.0.1:0".into());
+                "host".to_owned()
+            }
+            Network::Named(name) => {
+                // The parent reaches the runner at its address on the network.
+                env.insert("FLAME_LISTEN".into(), format!("0.0.0.0:{}", s.runner_port));
+                name.clone()
+            }
+        };
+
+        let mut all_labels: HashMap<String, String> = s.labels.clone().into_iter().collect();
+        all_labels.extend(request.labels.clone());
+        all_labels.insert(labels::APP.into(), request.app.clone());
+        all_labels.insert(labels::POOL.into(), request.pool.clone());
+        all_labels.insert(labels::PARENT.into(), request.parent_id.clone());
+        all_labels.insert(labels::RUNNER.into(), request.runner_id.clone());
+
+        let device_requests = s.gpus.as_ref().map(|gpus| {
+            let (count, device_ids) = match gpus {
+                Gpus::All => (Some(-1), None),
+                Gpus::Count(n) => (Some(i64::from(*n)), None),
+                Gpus::Devices(ids) => (None, Some(ids.clone())),
+            };
+            vec![DeviceRequest {
+                driver: Some("nvidia".into()),
+                count,
+                device_ids,
+                capabilities: Some(vec![vec!["gpu".into()]]),
+                options: None,
+            }]
+        });
+
+        ContainerCreateBody {
+            image: Some(target.image.clone()),
+            entrypoint: target.entrypoint.clone(),
+            cmd: target.cmd.clone(),
+            env: Some(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            labels: Some(all_labels),
+            attach_stdout: Some(true),
+            attach_stderr: Some(true),
+            tty: Some(false),
+            stop_timeout: Some(i64::from(self.stop_grace_secs())),
+            host_config: Some(HostConfig {
+                auto_remove: Some(true),
+                network_mode: Some(network_mode),
+                memory: s.limits.memory_bytes,
+                nano_cpus: s.limits.nano_cpus,
+                device_requests,
+                init: Some(s.init),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Follows the container's output until the runner announces `FLAME_READY <url>`; fails
+    /// if the container ends first.
+    async fn announced_url(&self, docker: &Docker, id: &str) -> Result<String> {
+        let options = LogsOptionsBuilder::new()
+            .follow(true)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let mut logs = docker.logs(id, Some(options));
+        let mut partial = String::new();
+        let mut tail: VecDeque<String> = VecDeque::new();
+        while let Some(item) = logs.next().await {
+            let bytes = match item {
+                Ok(LogOutput::StdOut { message })
+                | Ok(LogOutput::StdErr { message })
+                | Ok(LogOutput::Console { message }) => message,
+                Ok(LogOutput::StdIn { .. }) => continue,
+                Err(e) if is_not_found(&e) => break,
+                Err(e) => return Err(engine_error("follow the runner's output", &self.inner.host, e)),
+            };
+            partial.push_str(&String::from_utf8_lossy(&bytes));
+            while let Some(nl) = partial.find('\n') {
+                let line: String = partial.drain(..=nl).collect();
+                if let Some(url) = detect::ready_url(&line) {
+                    return Ok(url.to_owned());
+                }
+                tail.push_back(line.trim_end().to_owned());
+                if tail.len() > TAIL_LINES {
+                    tail.pop_front();
+                }
+            }
+        }
+        if !partial.trim().is_empty() {
+            if let Some(url) = detect::ready_url(&partial) {
+                return Ok(url.to_owned());
+            }
+            tail.push_back(partial.trim_end().to_owned());
+        }
+        let output: Vec<String> = tail.into_iter().collect();
+        Err(Error::backend(
+            format!(
+                "runner container {} exited before it announced `FLAME_READY <url>`; its last output: {:?}",
+                short(id),
+                output.join("\n")
+            ),
+            false,
+        ))
+    }
+
+    /// The URL the parent uses for the runner in container `id` that announced `announced`.
+    async fn runner_url(
+        &self,
+        docker: &Docker,
+        request: &SpawnRequest,
+        id: &str,
+        announced: &str,
+    ) -> Result<String> {
+        let (announced_host, port) = detect::host_port(announced).ok_or_else(|| {
+            Error::backend(
+                format!(
+                    "runner container {} announced a malformed URL {announced:?}",
+                    short(id)
+                ),
+                false,
+            )
+        })?;
+        let (host, url) = match &self.inner.settings.network {
+            Network::Host => {
+                let host = match announced_host.as_str() {
+                    "0.0.0.0" | "::" => "127.0.0.1".to_owned(),
+                    _ => announced_host,
+                };
+                let url = if host.contains(':') {
+                    format!("http://[{host}]:{port}")
+                } else {
+                    format!("http://{host}:{port}")
+                };
+                (host, url)
+            }
+            Network::Named(name) => {
+                let info = self
+                    .call("inspect the runner container", docker.inspect_container(id, None))
+                    .await?;
+                let ip = info
+                    .network_settings
+                    .and_then(|n| n.networks)
+                    .and_then(|mut n| n.remove(name))
+                    .and_then(|e| e.ip_address)
+                    .filter(|ip| !ip.is_empty())
+                    .ok_or_else(|| {
+                        Error::backend(
+                            format!(
+                                "runner container {} has no address on network {name:?}",
+                                short(id)
+                            ),
+                            false,
+                        )
+                    })?;
+                let url = if ip.contains(':') {
+                    format!("http://[{ip}]:{port}")
+                } else {
+                    format!("http://{ip}:{port}")
+                };
+                (ip, url)
+            }
+        };
+        if let Some(resolve) = &self.inner.settings.resolver {
+            let address = RunnerAddress {
+                runner_id: request.runner_id.clone(),
+                backend_id: id.to_owned(),
+                host: Some(host),
+                port,
+            };
+            if let Some(url) = resolve(&address) {
+                return Ok(url);
+            }
+        }
+        Ok(url)
+    }
+
+    /// Everything of spawn after the container exists; any error leaves the container to the
+    /// caller to remove.
+    async fn boot(
+        &self,
+        docker: &Docker,
+        request: &SpawnRequest,
+        id: &str,
+        deadline: Instant,
+    ) -> Result<Endpoint> {
+        self.call("start the runner container", docker.start_container(id, None))
+            .await?;
+        let announced = tokio::time::timeout_at(deadline, self.announced_url(docker, id))
+            .await
+            .map_err(|_| spawn_timeout(request, id, "it did not announce `FLAME_READY <url>`"))??;
+        let url = self.runner_url(docker, request, id, &announced).await?;
+        let endpoint = Endpoint::new(url, request.runner_id.clone()).with_secret(request.secret.clone());
+        let mut delay = Duration::from_millis(20);
+        let mut last_error = None;
+        loop {
+            match tokio::time::timeout_at(deadline, request.prober.ping(&endpoint)).await {
+                Ok(Ok(_status)) => return Ok(endpoint),
+                Ok(Err(e)) => last_error = Some(e),
+                Err(_) => break,
+            }
+            if Instant::now() + delay >= deadline {
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(250));
+        }
+        let why = match last_error {
+            Some(e) => format!("it did not answer ping at {} ({e})", endpoint.url),
+            None => format!("it did not answer ping at {}", endpoint.url),
+        };
+        Err(spawn_timeout(request, id, &why))
+    }
+
+    /// Removes container `id` (forced), treating "already gone" and "removal in progress" as
+    /// done, then waits (bounded) until dockerd no longer lists it.
+    async fn remove(&self, docker: &Docker, id: &str) -> Result<()> {
+        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
+        match self
+            .call_raw(
+                "remove the runner container",
+                docker.remove_container(id, Some(options)),
+            )
+            .await?
+        {
+            Ok(()) => return Ok(()),
+            Err(e) if is_not_found(&e) => return Ok(()),
+            Err(e) if is_conflict(&e) => {} // AutoRemove is already removing it.
+            Err(e) => return Err(engine_error("remove the runner container", &self.inner.host, e)),
+        }
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            match self
+                .call_raw("inspect the runner container", docker.inspect_container(id, None))
+                .await?
+            {
+                Err(e) if is_not_found(&e) => return Ok(()),
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+        Err(Error::backend(
+            format!("runner container {} is still being removed after 10 s", short(id)),
+            true,
+        ))
+    }
+}
+
+/// Removes a half-started container if spawn is abandoned (its future dropped) before it
+/// finished; disarmed once spawn hands the container over or removes it itself.
+struct RemoveOnDrop {
+    backend: Option<DockerBackend>,
+    docker: Docker,
+    id: String,
+}
+
+impl RemoveOnDrop {
+    fn disarm(&mut self) {
+        self.backend = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let Some(backend) = self.backend.take() else {
+            return;
+        };
+        let (docker, id) = (self.docker.clone(), std::mem::take(&mut self.id));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                if let Err(e) = backend.remove(&docker, &id).await {
+                    tracing::warn!(container = %short(&id), error = %e, "flame docker: could not remove an abandoned runner container");
+                }
+            });
+        }
+    }
+}
+
+fn spawn_timeout(request: &SpawnRequest, id: &str, why: &str) -> Error {
+    Error::new(
+        ErrorCode::SpawnTimeout,
+        format!(
+            "runner {} (container {}) did not become ready within {:?}: {why}",
+            request.runner_id,
+            short(id),
+            request.boot_timeout
+        ),
+    )
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+#[async_trait]
+impl Backend for DockerBackend {
+    fn name(&self) -> &str {
+        "docker"
+    }
+
+    async fn spawn(&self, request: SpawnRequest) -> Result<RunnerHandle> {
+        let deadline = Instant::now() + request.boot_timeout;
+        let docker = self.client().await?;
+        let target = self.target(&docker).await?.clone();
+        self.ensure_image(&docker, &target).await?;
+        let body = self.container_body(&request, &target);
+        let name = detect::container_name(&request.app, &request.runner_id);
+        let options = CreateContainerOptionsBuilder::new().name(&name).build();
+        let created = self
+            .call(
+                "create the runner container",
+                docker.create_container(Some(options), body),
+            )
+            .await?;
+        let id = created.id;
+        let mut guard = RemoveOnDrop {
+            backend: Some(self.clone()),
+            docker: docker.clone(),
+            id: id.clone(),
+        };
+        match self.boot(&docker, &request, &id, deadline).await {
+            Ok(endpoint) => {
+                guard.disarm();
+                tracing::debug!(runner = %request.runner_id, container = %short(&id), url = %endpoint.url, "flame docker: runner ready");
+                Ok(RunnerHandle {
+                    runner_id: request.runner_id.clone(),
+                    backend_id: id,
+                    endpoint,
+                })
+            }
+            Err(e) => {
+                guard.disarm();
+                if let Err(cleanup) = self.remove(&docker, &id).await {
+                    tracing::warn!(container = %short(&id), error = %cleanup, "flame docker: could not remove a runner that failed to boot");
+                    return Err(e.context(format!("and its container could not be removed ({cleanup})")));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn terminate(&self, handle: &RunnerHandle) -> Result<()> {
+        let docker = self.client().await?;
+        let id = &handle.backend_id;
+        let options = StopContainerOptionsBuilder::new()
+            .t(self.stop_grace_secs())
+            .build();
+        match self
+            .call_raw(
+                "stop the runner container",
+                docker.stop_container(id, Some(options)),
+            )
+            .await?
+        {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) || is_conflict(&e) => {}
+            Err(e) => return Err(engine_error("stop the runner container", &self.inner.host, e)),
+        }
+        self.remove(&docker, id).await
+    }
+
+    async fn status(&self, handle: &RunnerHandle) -> Result<RunnerState> {
+        let docker = self.client().await?;
+        let info = match self
+            .call_raw(
+                "inspect the runner container",
+                docker.inspect_container(&handle.backend_id, None),
+            )
+            .await?
+        {
+            Ok(info) => info,
+            Err(e) if is_not_found(&e) => return Ok(RunnerState::Stopped),
+            Err(e) => return Err(engine_error("inspect the runner container", &self.inner.host, e)),
+        };
+        let status = info.state.and_then(|s| s.status);
+        Ok(match status {
+            Some(ContainerStateStatusEnum::RUNNING) | Some(ContainerStateStatusEnum::PAUSED) => {
+                RunnerState::Running
+            }
+            Some(ContainerStateStatusEnum::CREATED) | Some(ContainerStateStatusEnum::RESTARTING) => {
+                RunnerState::Booting
+            }
+            _ => RunnerState::Stopped,
+        })
+    }
+
+    async fn reap(&self, scope: &ReapScope) -> Result<usize> {
+        let docker = self.client().await?;
+        let mut filters: HashMap<String, Vec<String>> = HashMap::new();
+        filters.insert("label".into(), vec![format!("{}={}", labels::APP, scope.app)]);
+        let options = ListContainersOptionsBuilder::new()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = self
+            .call("list runner containers", docker.list_containers(Some(options)))
+            .await?;
+        let mut reaped = 0;
+        for c in containers {
+            let labels = c.labels.unwrap_or_default();
+            if labels.get(labels::APP) != Some(&scope.app)
+                || labels.get(labels::PARENT) == Some(&scope.live_parent)
+            {
+                continue;
+            }
+            let Some(id) = c.id else { continue };
+            self.remove(&docker, &id).await?;
+            tracing::info!(container = %short(&id), parent = ?labels.get(labels::PARENT), "flame docker: reaped a runner of an earlier parent");
+            reaped += 1;
+        }
+        Ok(reaped)
+    }
+}

@@ -1,0 +1,471 @@
+//! Docker-specific behaviours against a real dockerd: the runner really runs in a container,
+//! calls round-trip, the container carries its labels and limits, the address resolver wins,
+//! an unreachable or vanishing engine gives typed errors and leaks nothing, a parent killed
+//! with SIGKILL leaves no container after the failsafe window, and a parent that runs in a
+//! container starts runners from its own image.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use bollard::Docker;
+use common::*;
+use flame_backend_docker::PullPolicy;
+use flame_core::backend::labels;
+use flame_core::{Backend, ErrorCode, ReapScope, RunnerAddress, RunnerState};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{TcpListener, UnixStream};
+use tokio::task::JoinSet;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_really_runs_inside_a_container() {
+    if !docker_available() {
+        return;
+    }
+    let app = unique_app("whoami");
+    let _cleanup = Cleanup::new(&app);
+    let backend = backend_builder().build().unwrap();
+    let handle = backend
+        .spawn(spawn_request(&app, "parent-1", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let who: WhoAmI = call(&handle.endpoint, "utils", "whoami", &()).await.unwrap();
+    backend.terminate(&handle).await.unwrap();
+
+    // Host networking shares the host's hostname, so the evidence is the cgroup (the
+    // container's own), the filesystem (the image's root) and the pid namespace (Docker's init
+    // is pid 1).
+    let my_cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let my_pid1 = std::fs::read("/proc/1/cmdline").unwrap();
+    let my_pid1 = String::from_utf8_lossy(&my_pid1).replace('\0', " ");
+    assert_ne!(who.cgroup, my_cgroup, "same cgroup as the test");
+    assert!(
+        who.cgroup.contains(&handle.backend_id) || !who.cgroup.contains("docker"),
+        "cgroup {:?} is not container {}",
+        who.cgroup,
+        handle.backend_id
+    );
+    assert_eq!(who.exe, "/docker_runner", "not the image's root filesystem");
+    assert_ne!(who.pid1, my_pid1.trim(), "same pid namespace as the test");
+    assert!(who.pid1.contains("docker-init"), "pid 1 is {:?}", who.pid1);
+    assert_ne!(who.pid, std::process::id());
+    eprintln!(
+        "runner in container {}: pid {}, hostname {}, pid 1 {:?}, cgroup {:?}",
+        &handle.backend_id[..12],
+        who.pid,
+        who.hostname,
+        who.pid1,
+        who.cgroup.lines().next()
+    );
+    assert!(app_containers(&app).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_round_trip_through_the_container() {
+    if !docker_available() {
+        return;
+    }
+    let app = unique_app("roundtrip");
+    let _cleanup = Cleanup::new(&app);
+    let backend = backend_builder().build().unwrap();
+    let handle = backend
+        .spawn(spawn_request(&app, "parent-1", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let sum: i64 = call(&handle.endpoint, "math", "add", &(40i64, 2i64))
+        .await
+        .unwrap();
+    assert_eq!(sum, 42);
+    let mut calls = JoinSet::new();
+    for _ in 0..16 {
+        let endpoint = handle.endpoint.clone();
+        calls.spawn(async move { call::<_, String>(&endpoint, "utils", "nonce", &()).await });
+    }
+    let mut nonces = HashSet::new();
+    while let Some(n) = calls.join_next().await {
+        nonces.insert(n.unwrap().unwrap());
+    }
+    assert_eq!(nonces.len(), 16, "every call ran once, with its own invocation");
+    let err = call::<_, i64>(&handle.endpoint, "math", "nope", &(1i64, 2i64))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::NotFound, "{err}");
+    backend.terminate(&handle).await.unwrap();
+    assert!(app_containers(&app).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn container_carries_labels_limits_env_and_auto_remove() {
+    if !docker_available() {
+        return;
+    }
+    let app = unique_app("config");
+    let _cleanup = Cleanup::new(&app);
+    std::env::set_var("FLAME_DOCKER_TEST_FORWARDED", "forwarded-value");
+    let backend = backend_builder()
+        .pull_policy(PullPolicy::IfMissing) // present locally: no pull
+        .label("team", "media")
+        .forward_env(["FLAME_DOCKER_TEST_FORWARDED", "FLAME_DOCKER_TEST_UNSET"])
+        .env("EXTRA", "1")
+        .memory_bytes(256 << 20)
+        .cpus(0.5)
+        .build()
+        .unwrap();
+    let mut request = spawn_request(&app, "parent-7", Duration::from_secs(30));
+    request.pool = "gpu".into();
+    let handle = backend.spawn(request.clone()).await.unwrap();
+
+    let docker = Docker::connect_with_defaults().unwrap();
+    let info = docker.inspect_container(&handle.backend_id, None).await.unwrap();
+    backend.terminate(&handle).await.unwrap();
+
+    let config = info.config.unwrap();
+    let l = config.labels.unwrap();
+    assert_eq!(l[labels::APP], app);
+    assert_eq!(l[labels::POOL], "gpu");
+    assert_eq!(l[labels::PARENT], "parent-7");
+    assert_eq!(l[labels::RUNNER], request.runner_id);
+    assert_eq!(l["team"], "media");
+    let env = config.env.unwrap();
+    for expected in [
+        "FLAME_MODE=runner",
+        "FLAME_PARENT_ID=parent-7",
+        "FLAME_DOCKER_TEST_FORWARDED=forwarded-value",
+        "EXTRA=1",
+    ] {
+        assert!(
+            env.iter().any(|e| e == expected),
+            "{expected} missing from {env:?}"
+        );
+    }
+    assert!(!env.iter().any(|e| e.starts_with("FLAME_DOCKER_TEST_UNSET")));
+    assert!(env
+        .iter()
+        .any(|e| e == &format!("FLAME_RUNNER_ID={}", request.runner_id)));
+    // The image's own command ran (no command configured).
+    assert_eq!(config.cmd.unwrap(), vec!["/docker_runner".to_owned()]);
+    let host = info.host_config.unwrap();
+    assert_eq!(host.auto_remove, Some(true));
+    assert_eq!(host.network_mode.as_deref(), Some("host"));
+    assert_eq!(host.memory, Some(256 << 20));
+    assert_eq!(host.nano_cpus, Some(500_000_000));
+    assert!(app_containers(&app).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn address_resolver_overrides_the_announced_url() {
+    if !docker_available() {
+        return;
+    }
+    let app = unique_app("resolver");
+    let _cleanup = Cleanup::new(&app);
+    let seen: Arc<Mutex<Vec<RunnerAddress>>> = Arc::default();
+    let record = seen.clone();
+    let backend = backend_builder()
+        .address_resolver(Arc::new(move |address: &RunnerAddress| {
+            record.lock().unwrap().push(address.clone());
+            Some(format!("http://localhost:{}", address.port))
+        }))
+        .build()
+        .unwrap();
+    let request = spawn_request(&app, "parent-1", Duration::from_secs(30));
+    let handle = backend.spawn(request.clone()).await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].runner_id, request.runner_id);
+    assert_eq!(seen[0].backend_id, handle.backend_id);
+    assert_eq!(seen[0].host.as_deref(), Some("127.0.0.1"));
+    assert_eq!(handle.endpoint.url, format!("http://localhost:{}", seen[0].port));
+    let sum: i64 = call(&handle.endpoint, "math", "add", &(1i64, 1i64))
+        .await
+        .unwrap();
+    assert_eq!(sum, 2);
+    backend.terminate(&handle).await.unwrap();
+    assert!(app_containers(&app).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_that_fails_to_boot_is_a_typed_error_and_gone() {
+    if !docker_available() {
+        return;
+    }
+    let app = unique_app("exits");
+    let _cleanup = Cleanup::new(&app);
+    // The runner starts and exits at once (it cannot parse its listen address).
+    let backend = backend_builder().build().unwrap();
+    let mut request = spawn_request(&app, "parent-1", Duration::from_secs(20));
+    request.env.insert("FLAME_LISTEN".into(), "not-an-address".into());
+    let err = backend.spawn(request).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Backend, "{err}");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.message().contains("exited before it announced"), "{err}");
+    assert!(
+        err.message().contains("not-an-address"),
+        "the runner's output is missing: {err}"
+    );
+    assert!(wait_no_containers(&app, Duration::from_secs(10)).await);
+
+    // The command does not exist in the image: dockerd refuses to start it.
+    let backend = backend_builder().command(["/no-such-binary"]).build().unwrap();
+    let err = backend
+        .spawn(spawn_request(&app, "parent-1", Duration::from_secs(20)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Backend, "{err}");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.message().contains("no-such-binary"), "{err}");
+    assert!(wait_no_containers(&app, Duration::from_secs(10)).await);
+}
+
+/// A closed port and a missing socket: every operation fails fast with a retryable `BACKEND`
+/// error that names the engine address; nothing is left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_dockerd_gives_typed_retryable_errors() {
+    if !docker_available() {
+        return;
+    }
+    let app = unique_app("unreachable");
+    let _cleanup = Cleanup::new(&app);
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    for host in [
+        format!("tcp://127.0.0.1:{closed_port}"),
+        "unix:///tmp/flame-no-dockerd-here.sock".to_owned(),
+    ] {
+        let backend = backend_builder()
+            .docker_host(&host)
+            .api_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let err = backend
+            .spawn(spawn_request(&app, "parent-1", Duration::from_secs(10)))
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(6), "{host}: slow failure");
+        assert_eq!(err.code(), ErrorCode::Backend, "{host}: {err}");
+        assert!(err.is_retryable(), "{host}: {err}");
+        assert!(
+            err.message().contains(host.trim_start_matches("unix://"))
+                || err.message().contains(&closed_port.to_string()),
+            "{host}: {err}"
+        );
+        let handle = flame_core::RunnerHandle {
+            runner_id: "r".into(),
+            backend_id: "c".into(),
+            endpoint: flame_core::Endpoint::new("http://127.0.0.1:1", "r"),
+        };
+        for err in [
+            backend.terminate(&handle).await.unwrap_err(),
+            backend.status(&handle).await.unwrap_err(),
+            backend
+                .reap(&ReapScope {
+                    app: app.clone(),
+                    live_parent: "p".into(),
+                })
+                .await
+                .unwrap_err(),
+        ] {
+            assert_eq!(err.code(), ErrorCode::Backend, "{host}: {err}");
+            assert!(err.is_retryable(), "{host}: {err}");
+        }
+    }
+    assert!(app_containers(&app).await.is_empty());
+}
+
+/// A TCP front for the local dockerd socket that a test can take down and bring back.
+struct EngineProxy {
+    port: u16,
+    tasks: JoinSet<()>,
+}
+
+impl EngineProxy {
+    async fn start(port: u16) -> EngineProxy {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let mut conns = JoinSet::new();
+            // Aborting the accept task drops `conns`, which aborts every relay.
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                conns.spawn(async move {
+                    if let Ok(mut unix) = UnixStream::connect("/var/run/docker.sock").await {
+                        let _ = tokio::io::copy_bidirectional(&mut tcp, &mut unix).await;
+                    }
+                });
+            }
+        });
+        EngineProxy { port, tasks }
+    }
+
+    async fn stop(mut self) -> u16 {
+        self.tasks.shutdown().await;
+        self.port
+    }
+}
+
+/// dockerd goes away mid-test (its front is taken down): status, terminate, reap and spawn
+/// fail with typed retryable errors and create nothing; when it is back, the same backend
+/// terminates the runner and nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerd_gone_mid_test_gives_typed_errors_and_no_leak() {
+    if !docker_available() {
+        return;
+    }
+    let app = unique_app("engine-gone");
+    let _cleanup = Cleanup::new(&app);
+    let proxy = EngineProxy::start(0).await;
+    let backend = backend_builder()
+        .docker_host(format!("tcp://127.0.0.1:{}", proxy.port))
+        .api_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let handle = backend
+        .spawn(spawn_request(&app, "parent-1", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert_eq!(backend.status(&handle).await.unwrap(), RunnerState::Running);
+
+    let port = proxy.stop().await;
+    let scope = ReapScope {
+        app: app.clone(),
+        live_parent: "someone-else".into(),
+    };
+    let errors = [
+        backend.status(&handle).await.unwrap_err(),
+        backend.terminate(&handle).await.unwrap_err(),
+        backend.reap(&scope).await.unwrap_err(),
+        backend
+            .spawn(spawn_request(&app, "parent-1", Duration::from_secs(10)))
+            .await
+            .unwrap_err(),
+    ];
+    for err in &errors {
+        assert_eq!(err.code(), ErrorCode::Backend, "{err}");
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.message().contains(&port.to_string()), "{err}");
+    }
+    // Only the first runner exists: the failed spawn created nothing.
+    assert_eq!(app_containers(&app).await, vec![handle.backend_id.clone()]);
+
+    // The engine is back: a retry works, and nothing leaks.
+    let proxy = EngineProxy::start(port).await;
+    backend.terminate(&handle).await.unwrap();
+    assert_eq!(backend.status(&handle).await.unwrap(), RunnerState::Stopped);
+    proxy.stop().await;
+    assert!(app_containers(&app).await.is_empty());
+}
+
+/// A parent process spawns a runner and is killed with SIGKILL: nobody terminates the runner,
+/// its failsafe (no parent contact for FLAME_PARENT_TIMEOUT) makes it exit, and AutoRemove
+/// removes the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parent_killed_leaves_no_container_after_the_failsafe_window() {
+    if !docker_available() {
+        return;
+    }
+    let app = unique_app("kill9");
+    let _cleanup = Cleanup::new(&app);
+    let image = runner_image();
+    let parent_timeout_ms = 3_000u64;
+    let mut parent = tokio::process::Command::new(runner_binary())
+        .args([
+            "hold",
+            &image,
+            &app,
+            "doomed-parent",
+            &parent_timeout_ms.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = parent.stdout.take().unwrap();
+    let line = tokio::time::timeout(Duration::from_secs(60), async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("SPAWNED ") {
+                return line;
+            }
+        }
+        panic!("the parent exited without spawning");
+    })
+    .await
+    .expect("the parent did not spawn its runner within 60 s");
+    let container = line.split_whitespace().nth(1).unwrap().to_owned();
+    assert_eq!(app_containers(&app).await, vec![container]);
+
+    parent.start_kill().unwrap(); // SIGKILL: no cleanup code runs in the parent
+    parent.wait().await.unwrap();
+    let window = Duration::from_millis(parent_timeout_ms) + Duration::from_secs(15);
+    assert!(
+        wait_no_containers(&app, window).await,
+        "the runner's container outlived its parent by more than {window:?}"
+    );
+}
+
+/// A parent running in a container (with the engine's socket) starts runners from its own
+/// image, configured with nothing, and the runner is a different container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parent_in_a_container_uses_its_own_image() {
+    if !docker_available() {
+        return;
+    }
+    let app = unique_app("own-image");
+    let _cleanup = Cleanup::new(&app);
+    let image = runner_image();
+    let run = tokio::process::Command::new("docker")
+        .args(["run", "--rm", "--network", "host"])
+        .args(["-v", "/var/run/docker.sock:/var/run/docker.sock"])
+        .args(["--label", &format!("{}={app}", labels::APP)])
+        .args(["--label", &format!("{}=parent", labels::POOL)])
+        .args([&image, "/docker_runner", "own-image", &app])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(90), run)
+        .await
+        .expect("the containerised parent did not finish within 90 s")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "parent failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image_id = Docker::connect_with_defaults()
+        .unwrap()
+        .inspect_image(&image)
+        .await
+        .unwrap()
+        .id
+        .unwrap();
+    let used = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("IMAGE "))
+        .expect("no IMAGE line");
+    assert_eq!(used, image_id, "runner image is not the parent's own");
+    let who: serde_json::Value = serde_json::from_str(
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("WHOAMI "))
+            .expect("no WHOAMI line"),
+    )
+    .unwrap();
+    let parent: serde_json::Value = serde_json::from_str(
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("PARENT "))
+            .expect("no PARENT line"),
+    )
+    .unwrap();
+    assert_eq!(who["exe"], "/docker_runner");
+    assert_ne!(
+        who["cgroup"], parent["cgroup"],
+        "the runner is the parent's own container"
+    );
+    assert!(wait_no_containers(&app, Duration::from_secs(10)).await);
+}
