@@ -23,3 +23,38 @@
 //! ```
 
 pub use flame_core::*;
+
+/// The HTTP transport (feature `http`, on by default): wire protocol v1, compatible with the
+/// TypeScript `@monotykamary/flame`. [`http::HttpExt`] wires it into a [`FlameBuilder`];
+/// [`builder`] does that for you.
+#[cfg(feature = "http")]
+pub mod http {
+    pub use flame_http::*;
+}
+
+/// A [`FlameBuilder`] over `registry`, with the HTTP transport (parent mode) and runner server
+/// (runner mode) already wired in when the `http` feature is on (the default). Same as
+/// `Flame::builder(registry).http()`.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+/// const ADD: flame::Method<(i64, i64), i64> = flame::Method::new("math", "add");
+/// let registry = flame::Registry::new()
+///     .handle(ADD, |_ctx: flame::Context, (a, b): (i64, i64)| async move { Ok(a + b) });
+/// // FLAME_MODE=runner serves over HTTP, FLAME_MODE=parent calls FLAME_RUNNER_URL; local here.
+/// let flame = flame::builder(registry).from_env()?.start().await?;
+/// assert_eq!(flame.call(ADD, (2, 3)).await?, 5);
+/// # Ok::<(), flame::Error>(())
+/// # }).unwrap();
+/// ```
+pub fn builder(registry: Registry) -> FlameBuilder {
+    #[cfg(feature = "http")]
+    {
+        use flame_http::HttpExt;
+        Flame::builder(registry).http()
+    }
+    #[cfg(not(feature = "http"))]
+    {
+        Flame::builder(registry)
+    }
+}
