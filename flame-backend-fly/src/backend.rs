@@ -1,0 +1,561 @@
+//! [`FlyBackend`]: runners as Fly Machines.
+
+use crate::api::{
+    CreateMachineRequest, FlyApiError, GuestBody, Machine, MachineConfig, MachineState, MachinesClient,
+    Restart,
+};
+use crate::config::FlyConfig;
+use async_trait::async_trait;
+use flame_core::backend::labels;
+use flame_core::{
+    AddressResolver, Backend, Endpoint, Error, ErrorCode, ReapScope, Result, RunnerAddress, RunnerHandle,
+    RunnerState, SpawnRequest,
+};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Metadata keys of runner machines (the core label keys with `.` replaced by `_`).
+pub mod metadata {
+    /// The application name.
+    pub const APP: &str = "flame_app";
+    /// The pool name.
+    pub const POOL: &str = "flame_pool";
+    /// The id of the parent that spawned the runner.
+    pub const PARENT: &str = "flame_parent";
+    /// The runner id.
+    pub const RUNNER: &str = "flame_runner";
+    /// The parent's own machine id, when the parent runs on Fly.
+    pub const PARENT_MACHINE: &str = "flame_parent_machine";
+}
+
+/// Runs each runner as a Fly Machine created through the Machines API.
+///
+/// `spawn` creates the machine (`auto_destroy: true`, restart policy `no`, the `flame_*`
+/// metadata, only the runner variables and what the user forwards in its environment), waits
+/// until Fly reports it `started`, then pings the runner on the machine's private 6PN address
+/// until it answers. Whatever fails after the machine exists destroys it (`force=true`) before
+/// the typed error is returned, and a spawn that is dropped half-way destroys it in the
+/// background. `terminate` stops (SIGTERM, then waits up to `stop_timeout` for the drain) and
+/// destroys; it is idempotent. `reap` destroys machines of this app whose `flame_parent` is
+/// not the live parent.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), flame_core::Error> {
+/// use flame_backend_fly::{FlyBackend, FlyConfig};
+/// let backend = FlyBackend::new(FlyConfig::from_env()?.memory_mb(2048))?;
+/// # let _ = backend; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct FlyBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: FlyConfig,
+    client: MachinesClient,
+    resolver: Option<AddressResolver>,
+    /// Machine id → instance id of the runners this backend started (for `wait?state=stopped`).
+    instances: Mutex<HashMap<String, String>>,
+}
+
+impl fmt::Debug for FlyBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FlyBackend")
+            .field("config", &self.inner.config)
+            .field("custom_resolver", &self.inner.resolver.is_some())
+            .finish()
+    }
+}
+
+impl FlyBackend {
+    /// A backend with these settings.
+    pub fn new(config: FlyConfig) -> Result<Self> {
+        let client = MachinesClient::new(&config)?;
+        Ok(FlyBackend {
+            inner: Arc::new(Inner {
+                config,
+                client,
+                resolver: None,
+                instances: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// A backend configured from the environment ([`FlyConfig::from_env`]).
+    pub fn from_env() -> Result<Self> {
+        FlyBackend::new(FlyConfig::from_env()?)
+    }
+
+    /// Maps each machine to the URL the parent uses instead of `http://[private_ip]:port`
+    /// (tests map machines to runners on 127.0.0.1). Returning `None` falls back to the
+    /// default.
+    pub fn with_resolver(mut self, resolver: AddressResolver) -> Self {
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.resolver = Some(resolver),
+            None => {
+                // Already shared: build a fresh inner with the same settings.
+                if let Ok(b) = FlyBackend::new(self.inner.config.clone()) {
+                    self = b.with_resolver(resolver);
+                }
+            }
+        }
+        self
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &FlyConfig {
+        &self.inner.config
+    }
+}
+
+/// The machine name for a runner: `flame-{runner_id}` (the pool's runner ids already start
+/// with the pool's name), DNS-safe, at most 63 characters.
+fn machine_name(req: &SpawnRequest) -> String {
+    let mut name: String = format!("flame-{}", req.runner_id)
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    while name.contains("--") {
+        name = name.replace("--", "-");
+    }
+    let name: String = name.trim_matches('-').chars().take(63).collect();
+    name.trim_end_matches('-').to_owned()
+}
+
+fn default_url(addr: &RunnerAddress) -> Option<String> {
+    let host = addr.host.as_deref()?;
+    Some(if host.contains(':') {
+        format!("http://[{host}]:{}", addr.port)
+    } else {
+        format!("http://{host}:{}", addr.port)
+    })
+}
+
+fn spawn_timeout(message: String) -> Error {
+    Error::new(ErrorCode::SpawnTimeout, message)
+}
+
+/// Destroys the machine when a spawn fails or is dropped half-way.
+struct DestroyGuard {
+    inner: Arc<Inner>,
+    id: Option<String>,
+}
+
+impl DestroyGuard {
+    fn disarm(&mut self) {
+        self.id = None;
+    }
+
+    async fn destroy_now(&mut self) {
+        if let Some(id) = self.id.take() {
+            self.inner.destroy_quietly(&id).await;
+        }
+    }
+}
+
+impl Drop for DestroyGuard {
+    fn drop(&mut self) {
+        if let Some(id) = self.id.take() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let inner = self.inner.clone();
+                handle.spawn(async move { inner.destroy_quietly(&id).await });
+            } else {
+                tracing::warn!(machine = %id, "fly: spawn dropped outside a runtime; the runner's failsafe and auto_destroy will end the machine");
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn create_body(&self, req: &SpawnRequest) -> Result<CreateMachineRequest> {
+        let cfg = &self.config;
+        let secret = req
+            .secret
+            .as_ref()
+            .map(|s| s.expose().to_owned())
+            .or_else(|| req.env.get("FLAME_SECRET").cloned())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| {
+                Error::config(
+                    "the Fly backend needs a secret (FLAME_SECRET or the pool's secret): runners \
+                     listen on the Fly private network and must verify who calls them",
+                )
+            })?;
+        // Only what the user forwards (backend-level, then the request's) plus the runner
+        // variables; nothing else of the parent's environment.
+        let mut env: BTreeMap<String, String> = cfg.env.clone();
+        env.extend(req.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        env.insert("FLAME_MODE".into(), "runner".into());
+        env.insert("FLAME_LISTEN".into(), format!("[::]:{}", cfg.runner_port));
+        env.insert("FLAME_SECRET".into(), secret);
+        env.entry("FLAME_PARENT_ID".into())
+            .or_insert_with(|| req.parent_id.clone());
+
+        let mut meta: BTreeMap<String, String> = cfg.metadata.clone();
+        for (k, v) in &req.labels {
+            meta.insert(k.replace('.', "_"), v.clone());
+        }
+        meta.insert(labels::APP.replace('.', "_"), req.app.clone());
+        meta.insert(metadata::POOL.into(), req.pool.clone());
+        meta.insert(metadata::PARENT.into(), req.parent_id.clone());
+        meta.insert(metadata::RUNNER.into(), req.runner_id.clone());
+        if let Some(parent_machine) = &cfg.parent_machine_id {
+            meta.insert(metadata::PARENT_MACHINE.into(), parent_machine.clone());
+        }
+        Ok(CreateMachineRequest {
+            name: machine_name(req),
+            region: cfg.region.clone(),
+            config: MachineConfig {
+                image: cfg.image.clone(),
+                init: cfg.init.clone(),
+                guest: GuestBody::from(&cfg.guest),
+                env,
+                auto_destroy: true,
+                restart: Restart { policy: "no" },
+                metadata: meta,
+            },
+        })
+    }
+
+    async fn destroy_quietly(&self, id: &str) {
+        if let Ok(mut m) = self.instances.lock() {
+            m.remove(id);
+        }
+        match self.client.destroy(id).await {
+            Ok(_) => tracing::debug!(machine = %id, "fly: destroyed machine"),
+            Err(e) => {
+                tracing::warn!(machine = %id, error = %e, "fly: could not destroy machine; its failsafe and auto_destroy remain")
+            }
+        }
+    }
+
+    /// After a create whose outcome is unknown (no reply, 5xx, retried, unreadable reply):
+    /// destroys any machine that carries this runner's id.
+    async fn sweep_runner(&self, runner_id: &str) {
+        match self.client.list(metadata::RUNNER, runner_id).await {
+            Ok(machines) => {
+                for m in machines {
+                    if m.metadata(metadata::RUNNER) == Some(runner_id) && !m.state().is_gone() {
+                        self.destroy_quietly(&m.id).await;
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(runner = runner_id, error = %e, "fly: could not look for a half-created machine")
+            }
+        }
+    }
+
+    /// Fails when the machine is dead or gone; returns it otherwise.
+    async fn check_alive(&self, id: &str, during: &str) -> Result<Machine> {
+        let state = match self.client.get(id).await? {
+            None => "destroyed".to_owned(),
+            Some(m) if m.state().is_dead() => m.state.clone(),
+            Some(m) => return Ok(m),
+        };
+        let st = MachineState::parse(&state);
+        let retryable = !matches!(st, MachineState::Failed | MachineState::LaunchFailed);
+        let api = FlyApiError {
+            operation: "wait",
+            http_status: 0,
+            fly_status: Some(state.clone()),
+            message: format!("machine {id} went `{state}` {during}"),
+        };
+        Err(Error::backend(api.message.clone(), retryable)
+            .with_details(serde_json::json!({
+                "backend": "fly", "machine_id": id, "state": state,
+            }))
+            .with_source(api))
+    }
+
+    async fn boot(&self, req: &SpawnRequest, machine: Machine, deadline: Instant) -> Result<RunnerHandle> {
+        let id = machine.id.clone();
+        let boot = req.boot_timeout;
+        let mut private_ip = machine.private_ip.clone();
+        // 1. Fly says `started` (the wait long-poll is 1–60 s; 408 means "not yet").
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(spawn_timeout(format!(
+                    "fly machine {id} did not reach `started` within {boot:?}"
+                )));
+            }
+            let secs = (left.as_secs_f64().ceil() as u64).clamp(1, 60);
+            let waited = tokio::time::timeout_at(
+                deadline,
+                self.client
+                    .wait(&id, machine.instance_id.as_deref(), "started", secs),
+            )
+            .await;
+            match waited {
+                Err(_) => {
+                    return Err(spawn_timeout(format!(
+                        "fly machine {id} did not reach `started` within {boot:?}"
+                    )))
+                }
+                Ok(Ok(true)) => break,
+                Ok(Ok(false)) => {
+                    let m = self.check_alive(&id, "during boot").await?;
+                    private_ip = private_ip.or(m.private_ip);
+                }
+                Ok(Err(e)) => {
+                    // A wait that errors (Fly answers 400 when the machine can no longer
+                    // reach the state): the machine's own state makes the better error.
+                    let m = self.check_alive(&id, "during boot").await?;
+                    private_ip = private_ip.or(m.private_ip);
+                    if !e.is_retryable() {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(250).min(left)).await;
+                }
+            }
+        }
+        if private_ip.is_none() {
+            private_ip = self.check_alive(&id, "after start").await?.private_ip;
+        }
+        // 2. Where the runner listens.
+        let address = RunnerAddress {
+            runner_id: req.runner_id.clone(),
+            backend_id: id.clone(),
+            host: private_ip,
+            port: self.config.runner_port,
+        };
+        let url = self
+            .resolver
+            .as_ref()
+            .and_then(|r| r(&address))
+            .or_else(|| default_url(&address))
+            .ok_or_else(|| {
+                Error::backend(
+                    format!("fly machine {id} has no private_ip to reach the runner at"),
+                    true,
+                )
+            })?;
+        let endpoint = Endpoint::new(url, req.runner_id.clone()).with_secret(req.secret.clone());
+        // 3. The runner answers ping.
+        let mut delay = Duration::from_millis(50);
+        let mut last_check = Instant::now();
+        let mut last_error = String::from("no ping answered yet");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(spawn_timeout(format!(
+                    "runner on fly machine {id} did not answer ping at {} within {boot:?} ({last_error})",
+                    endpoint.url
+                )));
+            }
+            match tokio::time::timeout(left.min(Duration::from_secs(5)), req.prober.ping(&endpoint)).await {
+                Ok(Ok(status)) if status.ok && !status.draining => break,
+                Ok(Ok(_)) => last_error = "runner answered but is not ready".into(),
+                Ok(Err(e)) => last_error = e.to_string(),
+                Err(_) => last_error = "ping timed out".into(),
+            }
+            if last_check.elapsed() >= Duration::from_secs(2) {
+                self.check_alive(&id, "before its runner answered").await?;
+                last_check = Instant::now();
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            tokio::time::sleep(delay.min(left)).await;
+            delay = (delay * 2).min(Duration::from_secs(1));
+        }
+        if let (Some(instance), Ok(mut map)) = (machine.instance_id, self.instances.lock()) {
+            map.insert(id.clone(), instance);
+        }
+        Ok(RunnerHandle {
+            runner_id: req.runner_id.clone(),
+            backend_id: id,
+            endpoint,
+        })
+    }
+}
+
+/// Whether a failed create may have left a machine behind.
+fn create_outcome_unknown(e: &Error) -> bool {
+    let details = e.details();
+    let status = details
+        .and_then(|d| d.get("http_status"))
+        .and_then(|s| s.as_u64())
+        .unwrap_or(0);
+    let attempts = details
+        .and_then(|d| d.get("attempts"))
+        .and_then(|s| s.as_u64())
+        .unwrap_or(1);
+    !(attempts <= 1 && (400..500).contains(&status))
+}
+
+#[async_trait]
+impl Backend for FlyBackend {
+    fn name(&self) -> &str {
+        "fly"
+    }
+
+    async fn spawn(&self, request: SpawnRequest) -> Result<RunnerHandle> {
+        let inner = &self.inner;
+        let deadline = Instant::now() + request.boot_timeout;
+        let body = inner.create_body(&request)?;
+        let created = tokio::time::timeout_at(deadline, inner.client.create(&body, deadline)).await;
+        let machine = match created {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                if e.code() != ErrorCode::Config && create_outcome_unknown(&e) {
+                    inner.sweep_runner(&request.runner_id).await;
+                }
+                return Err(e);
+            }
+            Err(_) => {
+                inner.sweep_runner(&request.runner_id).await;
+                return Err(spawn_timeout(format!(
+                    "creating a fly machine for runner {} took longer than {:?}",
+                    request.runner_id, request.boot_timeout
+                )));
+            }
+        };
+        tracing::info!(machine = %machine.id, runner = %request.runner_id, state = %machine.state, "fly: machine created");
+        let mut guard = DestroyGuard {
+            inner: inner.clone(),
+            id: Some(machine.id.clone()),
+        };
+        match inner.boot(&request, machine, deadline).await {
+            Ok(handle) => {
+                guard.disarm();
+                Ok(handle)
+            }
+            Err(e) => {
+                guard.destroy_now().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn terminate(&self, handle: &RunnerHandle) -> Result<()> {
+        let inner = &self.inner;
+        let id = handle.backend_id.as_str();
+        let instance = inner.instances.lock().ok().and_then(|mut m| m.remove(id));
+        match inner.client.stop(id, "SIGTERM").await {
+            Ok(false) => {
+                inner.client.limiter().forget(id);
+                return Ok(());
+            }
+            Ok(true) => {
+                let grace = inner.config.stop_timeout;
+                if let (Some(instance), false) = (instance, grace.is_zero()) {
+                    let secs = (grace.as_secs_f64().ceil() as u64).clamp(1, 60);
+                    match inner.client.wait(id, Some(&instance), "stopped", secs).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::debug!(
+                            machine = id,
+                            "fly: runner still draining after stop_timeout; forcing"
+                        ),
+                        Err(e) => {
+                            tracing::debug!(machine = id, error = %e, "fly: waiting for stop failed; forcing")
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(machine = id, error = %e, "fly: stop failed; destroying with force")
+            }
+        }
+        inner.client.destroy(id).await.map(|_| ())
+    }
+
+    async fn status(&self, handle: &RunnerHandle) -> Result<RunnerState> {
+        Ok(match self.inner.client.get(&handle.backend_id).await? {
+            None => RunnerState::Stopped,
+            Some(m) => match m.state() {
+                MachineState::Created | MachineState::Starting => RunnerState::Booting,
+                MachineState::Started => RunnerState::Running,
+                MachineState::Other(_) => RunnerState::Booting,
+                _ => RunnerState::Stopped,
+            },
+        })
+    }
+
+    async fn reap(&self, scope: &ReapScope) -> Result<usize> {
+        let inner = &self.inner;
+        let machines = inner.client.list(metadata::APP, &scope.app).await?;
+        let mut ended = 0;
+        let mut first_error: Option<Error> = None;
+        for m in machines {
+            // The filter is Fly's; check it again, and never touch machines without a parent.
+            if m.metadata(metadata::APP) != Some(scope.app.as_str()) || m.state().is_gone() {
+                continue;
+            }
+            match m.metadata(metadata::PARENT) {
+                Some(parent) if parent != scope.live_parent => {}
+                _ => continue,
+            }
+            match inner.client.destroy(&m.id).await {
+                Ok(true) => {
+                    tracing::info!(machine = %m.id, parent = ?m.metadata(metadata::PARENT), "fly: reaped leftover runner");
+                    ended += 1;
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e.context(format!("fly reap ended {ended} machines, then failed"))),
+            None => Ok(ended),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flame_core::InMemoryTransport;
+
+    fn request(pool: &str, runner: &str) -> SpawnRequest {
+        SpawnRequest {
+            runner_id: runner.into(),
+            app: "app".into(),
+            pool: pool.into(),
+            parent_id: "p".into(),
+            env: BTreeMap::new(),
+            labels: BTreeMap::new(),
+            boot_timeout: Duration::from_secs(1),
+            secret: None,
+            prober: Arc::new(InMemoryTransport::new()),
+        }
+    }
+
+    #[test]
+    fn machine_names_are_dns_safe_and_bounded() {
+        assert_eq!(
+            machine_name(&request("default", "Default_r1")),
+            "flame-default-r1"
+        );
+        let long = "x".repeat(80);
+        let name = machine_name(&request("gpu", &long));
+        assert!(name.len() <= 63 && name.starts_with("flame-x"), "{name}");
+    }
+
+    #[test]
+    fn default_url_brackets_ipv6() {
+        let mut a = RunnerAddress {
+            runner_id: "r".into(),
+            backend_id: "m".into(),
+            host: Some("fdaa:0:1::2".into()),
+            port: 8080,
+        };
+        assert_eq!(default_url(&a).unwrap(), "http://[fdaa:0:1::2]:8080");
+        a.host = Some("10.0.0.2".into());
+        assert_eq!(default_url(&a).unwrap(), "http://10.0.0.2:8080");
+        a.host = None;
+        assert_eq!(default_url(&a), None);
+    }
+
+    #[test]
+    fn a_spawn_without_a_secret_is_refused_before_any_api_call() {
+        let b = FlyBackend::new(FlyConfig::new("app", "img", "tok")).unwrap();
+        let err = b.inner.create_body(&request("p", "r")).unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Config);
+    }
+}
