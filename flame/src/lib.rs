@@ -58,3 +58,7 @@ pub fn builder(registry: Registry) -> FlameBuilder {
         Flame::builder(registry)
     }
 }
+
+/// Define a service once: `#[flame::service]` on a trait of `async fn` methods generates the
+/// typed `Method` consts, a typed client and the registration of an implementation.
+pub use flame_macros::service;
