@@ -24,6 +24,15 @@
 
 pub use flame_core::*;
 
+/// The Fly.io backend (feature `fly`): each runner is a Fly Machine created from the parent's
+/// own image through the Machines API. See [`fly::FlyBackend`] and [`fly::FlyConfig`].
+#[cfg(feature = "fly")]
+pub mod fly {
+    pub use flame_backend_fly::*;
+}
+#[cfg(feature = "fly")]
+pub use flame_backend_fly::FlyBackend;
+
 /// The HTTP transport (feature `http`, on by default): wire protocol v1, compatible with the
 /// TypeScript `@monotykamary/flame`. [`http::HttpExt`] wires it into a [`FlameBuilder`];
 /// [`builder`] does that for you.
