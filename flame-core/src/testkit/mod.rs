@@ -3,6 +3,10 @@
 //! Engine tests (dockerd, moto_server, Bun) live inside `cargo test`. With
 //! `FLAME_TEST_ENGINES=required` a missing engine fails the test; without it the test skips
 //! and prints why.
+//!
+//! [`conformance`] is the behaviour suite every backend's tests run (DESIGN.md §6).
+
+pub mod conformance;
 
 /// Whether engine tests must run (`FLAME_TEST_ENGINES=required`).
 pub fn engines_required() -> bool {
