@@ -139,34 +139,47 @@ fn spawn_timeout(message: String) -> Error {
     Error::new(ErrorCode::SpawnTimeout, message)
 }
 
-/// Destroys the machine when a spawn fails or is dropped half-way.
-struct DestroyGuard {
+/// Cleans up after a spawn that fails or is dropped half-way: destroys its machine, or, while
+/// the create is still in flight, looks for one carrying the runner's id.
+struct SpawnGuard {
     inner: Arc<Inner>,
-    id: Option<String>,
+    runner_id: String,
+    machine: Option<String>,
+    armed: bool,
 }
 
-impl DestroyGuard {
+impl SpawnGuard {
     fn disarm(&mut self) {
-        self.id = None;
+        self.armed = false;
     }
 
     async fn destroy_now(&mut self) {
-        if let Some(id) = self.id.take() {
+        self.armed = false;
+        if let Some(id) = self.machine.take() {
             self.inner.destroy_quietly(&id).await;
         }
     }
 }
 
-impl Drop for DestroyGuard {
+impl Drop for SpawnGuard {
     fn drop(&mut self) {
-        if let Some(id) = self.id.take() {
-            if let Ok(handle) = tokio::runtime::Handle::try_current() {
-                let inner = self.inner.clone();
-                handle.spawn(async move { inner.destroy_quietly(&id).await });
-            } else {
-                tracing::warn!(machine = %id, "fly: spawn dropped outside a runtime; the runner's failsafe and auto_destroy will end the machine");
-            }
+        if !self.armed {
+            return;
         }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(runner = %self.runner_id, "fly: spawn dropped outside a runtime; the runner's failsafe and auto_destroy will end its machine");
+            return;
+        };
+        let inner = self.inner.clone();
+        let runner_id = std::mem::take(&mut self.runner_id);
+        let machine = self.machine.take();
+        tracing::debug!(runner = %runner_id, ?machine, "fly: spawn dropped; cleaning up in the background");
+        handle.spawn(async move {
+            match machine {
+                Some(id) => inner.destroy_quietly(&id).await,
+                None => inner.sweep_runner(&runner_id).await,
+            }
+        });
     }
 }
 
@@ -397,16 +410,24 @@ impl Backend for FlyBackend {
         let inner = &self.inner;
         let deadline = Instant::now() + request.boot_timeout;
         let body = inner.create_body(&request)?;
+        let mut guard = SpawnGuard {
+            inner: inner.clone(),
+            runner_id: request.runner_id.clone(),
+            machine: None,
+            armed: true,
+        };
         let created = tokio::time::timeout_at(deadline, inner.client.create(&body, deadline)).await;
         let machine = match created {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => {
+                guard.disarm();
                 if e.code() != ErrorCode::Config && create_outcome_unknown(&e) {
                     inner.sweep_runner(&request.runner_id).await;
                 }
                 return Err(e);
             }
             Err(_) => {
+                guard.disarm();
                 inner.sweep_runner(&request.runner_id).await;
                 return Err(spawn_timeout(format!(
                     "creating a fly machine for runner {} took longer than {:?}",
@@ -415,10 +436,7 @@ impl Backend for FlyBackend {
             }
         };
         tracing::info!(machine = %machine.id, runner = %request.runner_id, state = %machine.state, "fly: machine created");
-        let mut guard = DestroyGuard {
-            inner: inner.clone(),
-            id: Some(machine.id.clone()),
-        };
+        guard.machine = Some(machine.id.clone());
         match inner.boot(&request, machine, deadline).await {
             Ok(handle) => {
                 guard.disarm();

@@ -720,3 +720,27 @@ async fn status_maps_machine_states() {
         fake.state.lock().unwrap().machines.remove(&id);
     }
 }
+
+#[tokio::test]
+async fn a_spawn_dropped_half_way_destroys_its_machine() {
+    let fake = FakeFly::start().await;
+    fake.set_boot(Boot::Never);
+    let backend = fake.backend(fake.config());
+    // The caller gives up while the machine boots (its deadline passed, or it was cancelled).
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(300),
+        backend.spawn(spawn_request(&fake, "r1", "p", Duration::from_secs(30))),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    assert_eq!(fake.requests_matching("POST", &machines()).await.len(), 1);
+    let until = Instant::now() + Duration::from_secs(5);
+    while !fake.machine_ids().is_empty() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        fake.machine_ids().is_empty(),
+        "the dropped spawn's machine must be destroyed"
+    );
+    assert!(fake.unmatched().is_empty(), "{:?}", fake.unmatched());
+}
