@@ -109,10 +109,7 @@ async fn main() -> Result<(), Error> {
     println!("math.add(2, 3)        = {}", math.add(2, 3).await?);
     println!("math.multiply(1.5, 4) = {}", math.multiply(1.5, 4.0).await?);
     println!("math.divide(84, 2)    = {}", math.divide(84, 2).await?);
-    let err = math
-        .divide(1, 0)
-        .await
-        .expect_err("dividing by zero is refused");
+    let err = math.divide(1, 0).await.expect_err("dividing by zero is refused");
     println!(
         "math.divide(1, 0)     = error {} ({:?})",
         err.code(),
