@@ -350,7 +350,11 @@ impl MachinesClient {
     }
 
     fn machines_path(&self) -> String {
-        format!("/v1/apps/{}/machines", self.app)
+        format!("/v1/apps/{}/machines", segment(&self.app))
+    }
+
+    fn machine_path(&self, id: &str, action: &str) -> String {
+        format!("{}/{}{action}", self.machines_path(), segment(id))
     }
 
     /// Removes the token (and, for `FlyV1` tokens, each of its parts) from text that came from
@@ -589,7 +593,7 @@ impl MachinesClient {
             .call(
                 "wait",
                 Method::GET,
-                &format!("{}/{id}/wait", self.machines_path()),
+                &self.machine_path(id, "/wait"),
                 &query,
                 None,
                 Some((id, Limit::Read)),
@@ -607,7 +611,7 @@ impl MachinesClient {
             .call(
                 "get",
                 Method::GET,
-                &format!("{}/{id}", self.machines_path()),
+                &self.machine_path(id, ""),
                 &[],
                 None,
                 Some((id, Limit::Read)),
@@ -629,7 +633,7 @@ impl MachinesClient {
             .call(
                 "stop",
                 Method::POST,
-                &format!("{}/{id}/stop", self.machines_path()),
+                &self.machine_path(id, "/stop"),
                 &[],
                 Some(&body),
                 Some((id, Limit::Mutate)),
@@ -647,7 +651,7 @@ impl MachinesClient {
             .call(
                 "destroy",
                 Method::DELETE,
-                &format!("{}/{id}", self.machines_path()),
+                &self.machine_path(id, ""),
                 &[("force", "true".to_owned())],
                 None,
                 Some((id, Limit::Mutate)),
@@ -710,6 +714,20 @@ pub(crate) fn parse_retry_after(value: &str) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
 }
 
+/// One path segment: ids and app names are `[a-z0-9-]` in practice; anything else is
+/// percent-encoded so it cannot change the path.
+fn segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
@@ -731,6 +749,13 @@ fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_segments_cannot_escape() {
+        assert_eq!(segment("e2865aa01"), "e2865aa01");
+        assert_eq!(segment("../x/y"), "..%2Fx%2Fy");
+        assert_eq!(segment("a b?c"), "a%20b%3Fc");
+    }
 
     #[test]
     fn retry_after_parses_seconds() {

@@ -534,7 +534,7 @@ impl FakeFly {
             cancels: HashMap::new(),
         }));
         let m = machines_path();
-        let one = format!("^{m}/[a-z0-9]+$");
+        let one = format!("^{m}/[^/]+$");
         Mock::given(method("POST"))
             .and(path(m.clone()))
             .and(Authorized)
@@ -543,7 +543,7 @@ impl FakeFly {
             .mount(&server)
             .await;
         Mock::given(method("GET"))
-            .and(path_regex(format!("^{m}/[a-z0-9]+/wait$")))
+            .and(path_regex(format!("^{m}/[^/]+/wait$")))
             .and(Authorized)
             .and(DocumentedWaitQuery(state.clone()))
             .respond_with(Wait(state.clone()))
@@ -556,7 +556,7 @@ impl FakeFly {
             .mount(&server)
             .await;
         Mock::given(method("POST"))
-            .and(path_regex(format!("^{m}/[a-z0-9]+/stop$")))
+            .and(path_regex(format!("^{m}/[^/]+/stop$")))
             .and(Authorized)
             .and(DocumentedStopBody)
             .respond_with(Stop(state.clone()))
