@@ -263,12 +263,21 @@ impl Inner {
         }
     }
 
-    /// Fails when the machine is dead or gone; returns it otherwise.
-    async fn check_alive(&self, id: &str, during: &str) -> Result<Machine> {
-        let state = match self.client.get(id).await? {
+    /// Fails when Fly says the machine is dead or gone; returns it when it is alive, `None`
+    /// when Fly could not tell by `deadline` (a transient API failure is not a dead machine).
+    async fn check_alive(&self, id: &str, during: &str, deadline: Instant) -> Result<Option<Machine>> {
+        let got = match tokio::time::timeout_at(deadline, self.client.get(id)).await {
+            Ok(Ok(got)) => got,
+            Ok(Err(e)) => {
+                tracing::debug!(machine = id, error = %e, "fly: could not read the machine's state");
+                return Ok(None);
+            }
+            Err(_) => return Ok(None),
+        };
+        let state = match got {
             None => "destroyed".to_owned(),
             Some(m) if m.state().is_dead() => m.state.clone(),
-            Some(m) => return Ok(m),
+            Some(m) => return Ok(Some(m)),
         };
         let st = MachineState::parse(&state);
         let retryable = !matches!(st, MachineState::Failed | MachineState::LaunchFailed);
@@ -312,14 +321,16 @@ impl Inner {
                 }
                 Ok(Ok(true)) => break,
                 Ok(Ok(false)) => {
-                    let m = self.check_alive(&id, "during boot").await?;
-                    private_ip = private_ip.or(m.private_ip);
+                    if let Some(m) = self.check_alive(&id, "during boot", deadline).await? {
+                        private_ip = private_ip.or(m.private_ip);
+                    }
                 }
                 Ok(Err(e)) => {
                     // A wait that errors (Fly answers 400 when the machine can no longer
                     // reach the state): the machine's own state makes the better error.
-                    let m = self.check_alive(&id, "during boot").await?;
-                    private_ip = private_ip.or(m.private_ip);
+                    if let Some(m) = self.check_alive(&id, "during boot", deadline).await? {
+                        private_ip = private_ip.or(m.private_ip);
+                    }
                     if !e.is_retryable() {
                         return Err(e);
                     }
@@ -328,7 +339,10 @@ impl Inner {
             }
         }
         if private_ip.is_none() {
-            private_ip = self.check_alive(&id, "after start").await?.private_ip;
+            private_ip = self
+                .check_alive(&id, "after start", deadline)
+                .await?
+                .and_then(|m| m.private_ip);
         }
         // 2. Where the runner listens.
         let address = RunnerAddress {
@@ -368,7 +382,8 @@ impl Inner {
                 Err(_) => last_error = "ping timed out".into(),
             }
             if last_check.elapsed() >= Duration::from_secs(2) {
-                self.check_alive(&id, "before its runner answered").await?;
+                self.check_alive(&id, "before its runner answered", deadline)
+                    .await?;
                 last_check = Instant::now();
             }
             let left = deadline.saturating_duration_since(Instant::now());

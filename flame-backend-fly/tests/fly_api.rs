@@ -744,3 +744,39 @@ async fn a_spawn_dropped_half_way_destroys_its_machine() {
     );
     assert!(fake.unmatched().is_empty(), "{:?}", fake.unmatched());
 }
+
+#[tokio::test]
+async fn a_machine_that_dies_before_its_runner_answers_fails_fast() {
+    let fake = FakeFly::start().await;
+    fake.set_runner_answers(false);
+    let backend = fake.backend(fake.config());
+    let state = fake.state.clone();
+    // The runner process crashes right after boot: with restart policy "no" Fly stops it.
+    let crash = tokio::spawn(async move {
+        loop {
+            {
+                let mut st = state.lock().unwrap();
+                if let Some(m) = st.machines.values_mut().find(|m| m["state"] == "started") {
+                    m["state"] = json!("stopped");
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let started = Instant::now();
+    let err = backend
+        .spawn(spawn_request(&fake, "r1", "p", Duration::from_secs(20)))
+        .await
+        .unwrap_err();
+    crash.await.unwrap();
+    assert_eq!(err.code(), ErrorCode::Backend, "{err}");
+    assert!(err.message().contains("`stopped`"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "not fast: {:?}",
+        started.elapsed()
+    );
+    assert!(fake.machine_ids().is_empty(), "machine must be destroyed");
+    assert_no_token(&err);
+}
