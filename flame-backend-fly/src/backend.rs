@@ -6,7 +6,6 @@ use crate::api::{
 };
 use crate::config::FlyConfig;
 use async_trait::async_trait;
-use flame_core::backend::labels;
 use flame_core::{
     AddressResolver, Backend, Endpoint, Error, ErrorCode, ReapScope, Result, RunnerAddress, RunnerHandle,
     RunnerState, SpawnRequest,
@@ -212,7 +211,7 @@ impl Inner {
         for (k, v) in &req.labels {
             meta.insert(k.replace('.', "_"), v.clone());
         }
-        meta.insert(labels::APP.replace('.', "_"), req.app.clone());
+        meta.insert(metadata::APP.into(), req.app.clone());
         meta.insert(metadata::POOL.into(), req.pool.clone());
         meta.insert(metadata::PARENT.into(), req.parent_id.clone());
         meta.insert(metadata::RUNNER.into(), req.runner_id.clone());
@@ -543,6 +542,7 @@ impl Backend for FlyBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flame_core::backend::labels;
     use flame_core::InMemoryTransport;
 
     fn request(pool: &str, runner: &str) -> SpawnRequest {
@@ -568,6 +568,18 @@ mod tests {
         let long = "x".repeat(80);
         let name = machine_name(&request("gpu", &long));
         assert!(name.len() <= 63 && name.starts_with("flame-x"), "{name}");
+    }
+
+    #[test]
+    fn metadata_keys_are_the_core_labels_with_underscores() {
+        for (label, key) in [
+            (labels::APP, metadata::APP),
+            (labels::POOL, metadata::POOL),
+            (labels::PARENT, metadata::PARENT),
+            (labels::RUNNER, metadata::RUNNER),
+        ] {
+            assert_eq!(label.replace('.', "_"), key);
+        }
     }
 
     #[test]
