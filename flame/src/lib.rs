@@ -33,6 +33,15 @@ pub mod fly {
 #[cfg(feature = "fly")]
 pub use flame_backend_fly::FlyBackend;
 
+/// The Docker backend (feature `docker`): each runner is a container started through dockerd,
+/// from the parent's own image when it runs in a container. See [`docker::DockerBackend`].
+#[cfg(feature = "docker")]
+pub mod docker {
+    pub use flame_backend_docker::*;
+}
+#[cfg(feature = "docker")]
+pub use flame_backend_docker::DockerBackend;
+
 /// The HTTP transport (feature `http`, on by default): wire protocol v1, compatible with the
 /// TypeScript `@monotykamary/flame`. [`http::HttpExt`] wires it into a [`FlameBuilder`];
 /// [`builder`] does that for you.

@@ -126,7 +126,11 @@ pub fn runner_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // target/<profile>/deps/<test>-<hash> → target/<profile>/examples/docker_runner
     let profile_dir = exe.parent().and_then(Path::parent).unwrap();
-    let bin = profile_dir.join("examples").join("docker_runner");
+    let mut bin = profile_dir.join("examples").join("docker_runner");
+    if !bin.exists() {
+        // A benchmark (release profile) may use the runner `cargo test` built.
+        bin = profile_dir.parent().unwrap().join("debug/examples/docker_runner");
+    }
     assert!(
         bin.exists(),
         "{} is missing: `cargo test -p flame-backend-docker` builds it (or `cargo build -p flame-backend-docker --examples`)",
