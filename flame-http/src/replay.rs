@@ -2,9 +2,12 @@
 //! (`exp` + skew), so a captured request cannot be sent again while it would still be accepted.
 //! Memory is bounded twice: entries leave when their window closes, and the cache holds at most
 //! `capacity` ids (past that, new requests are refused as overload rather than letting a replay
-//! through).
+//! through). Ids are kept as 64-bit keyed SipHash digests (a per-process random key, so a
+//! caller cannot aim for collisions): about 50 bytes per id whatever its length.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeSet, HashMap};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
 /// What [`ReplayCache::check_and_insert`] found.
@@ -32,13 +35,14 @@ pub enum ReplayCheck {
 #[derive(Debug)]
 pub struct ReplayCache {
     capacity: usize,
+    hasher: RandomState,
     state: Mutex<State>,
 }
 
 #[derive(Debug, Default)]
 struct State {
-    expiry_of: HashMap<String, u64>,
-    by_expiry: BTreeSet<(u64, String)>,
+    expiry_of: HashMap<u64, u64>,
+    by_expiry: BTreeSet<(u64, u64)>,
 }
 
 impl State {
@@ -59,25 +63,27 @@ impl ReplayCache {
     pub fn new(capacity: usize) -> Self {
         ReplayCache {
             capacity: capacity.max(1),
+            hasher: RandomState::new(),
             state: Mutex::new(State::default()),
         }
     }
 
     /// Records `id`, valid until `expires_ms`, at time `now_ms`; says whether it is fresh.
     pub fn check_and_insert(&self, id: &str, expires_ms: u64, now_ms: u64) -> ReplayCheck {
+        let key = self.hasher.hash_one(id);
         let mut state = match self.state.lock() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
         };
         state.purge(now_ms);
-        if state.expiry_of.contains_key(id) {
+        if state.expiry_of.contains_key(&key) {
             return ReplayCheck::Replayed;
         }
         if state.expiry_of.len() >= self.capacity {
             return ReplayCheck::Full;
         }
-        state.expiry_of.insert(id.to_owned(), expires_ms);
-        state.by_expiry.insert((expires_ms, id.to_owned()));
+        state.expiry_of.insert(key, expires_ms);
+        state.by_expiry.insert((expires_ms, key));
         ReplayCheck::Fresh
     }
 
