@@ -920,3 +920,131 @@ impl Backend for DockerBackend {
         Ok(reaped)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flame_core::InMemoryTransport;
+
+    fn request() -> SpawnRequest {
+        SpawnRequest {
+            runner_id: "r1".into(),
+            app: "shop".into(),
+            pool: "gpu".into(),
+            parent_id: "p1".into(),
+            env: BTreeMap::from([
+                ("FLAME_MODE".into(), "runner".into()),
+                ("FLAME_LISTEN".into(), "127.0.0.1:0".into()),
+                ("EXTRA".into(), "from-request".into()),
+            ]),
+            labels: BTreeMap::from([("flame.app".into(), "spoofed".into())]),
+            boot_timeout: Duration::from_secs(5),
+            secret: Some(flame_core::Secret::new("s3cret")),
+            prober: Arc::new(InMemoryTransport::new()),
+        }
+    }
+
+    fn target() -> Target {
+        Target {
+            image: "img:1".into(),
+            entrypoint: None,
+            cmd: None,
+            own: false,
+        }
+    }
+
+    fn env_of(body: &ContainerCreateBody) -> Vec<String> {
+        body.env.clone().unwrap_or_default()
+    }
+
+    #[test]
+    fn host_network_body() {
+        let backend = DockerBackend::builder()
+            .image("img:1")
+            .docker_host("unix:///nowhere.sock")
+            .env("EXTRA", "from-config")
+            .label("team", "media")
+            .memory_bytes(512 << 20)
+            .cpus(1.5)
+            .stop_grace(Duration::from_millis(2500))
+            .build()
+            .unwrap();
+        let body = backend.container_body(&request(), &target());
+        let env = env_of(&body);
+        assert!(env.contains(&"FLAME_MODE=runner".to_owned()));
+        assert!(env.contains(&"FLAME_LISTEN=127.0.0.1:0".to_owned()));
+        assert!(
+            env.contains(&"EXTRA=from-request".to_owned()),
+            "the request wins: {env:?}"
+        );
+        assert!(env.contains(&"FLAME_RUNNER_ID=r1".to_owned()));
+        assert!(env.contains(&"FLAME_PARENT_ID=p1".to_owned()));
+        let labels = body.labels.clone().unwrap();
+        assert_eq!(labels["flame.app"], "shop", "flame.* labels cannot be overridden");
+        assert_eq!(labels["flame.pool"], "gpu");
+        assert_eq!(labels["flame.parent"], "p1");
+        assert_eq!(labels["flame.runner"], "r1");
+        assert_eq!(labels["team"], "media");
+        assert_eq!(body.cmd, None, "the image's own command");
+        assert_eq!(body.stop_timeout, Some(3), "grace rounds up to whole seconds");
+        let host = body.host_config.unwrap();
+        assert_eq!(host.auto_remove, Some(true));
+        assert_eq!(host.network_mode.as_deref(), Some("host"));
+        assert_eq!(host.memory, Some(512 << 20));
+        assert_eq!(host.nano_cpus, Some(1_500_000_000));
+        assert_eq!(host.device_requests, None);
+        assert_eq!(host.init, Some(true));
+    }
+
+    #[test]
+    fn named_network_and_gpus_body() {
+        let build = |gpus| {
+            DockerBackend::builder()
+                .image("img:1")
+                .docker_host("tcp://127.0.0.1:1")
+                .network(Network::Named("flame-net".into()))
+                .runner_port(9000)
+                .gpus(gpus)
+                .command(["/app", "--serve"])
+                .build()
+                .unwrap()
+        };
+        let backend = build(Gpus::Count(2));
+        let body = backend.container_body(&request(), &target());
+        assert!(env_of(&body).contains(&"FLAME_LISTEN=0.0.0.0:9000".to_owned()));
+        let host = body.host_config.unwrap();
+        assert_eq!(host.network_mode.as_deref(), Some("flame-net"));
+        let gpu = &host.device_requests.unwrap()[0];
+        assert_eq!(gpu.count, Some(2));
+        assert_eq!(gpu.capabilities, Some(vec![vec!["gpu".to_owned()]]));
+        let all = build(Gpus::All).container_body(&request(), &target());
+        assert_eq!(
+            all.host_config.unwrap().device_requests.unwrap()[0].count,
+            Some(-1)
+        );
+        let ids = build(Gpus::Devices(vec!["0".into(), "2".into()])).container_body(&request(), &target());
+        let req = &ids.host_config.unwrap().device_requests.unwrap()[0];
+        assert_eq!(req.device_ids, Some(vec!["0".to_owned(), "2".to_owned()]));
+        assert_eq!(req.count, None);
+    }
+
+    #[test]
+    fn builder_validates() {
+        let no_image = DockerBackend::builder().use_own_image(false).build();
+        assert_eq!(no_image.unwrap_err().code(), ErrorCode::Config);
+        let bad_host = DockerBackend::builder().image("x").docker_host("ftp://x").build();
+        assert_eq!(bad_host.unwrap_err().code(), ErrorCode::Config);
+        let empty_net = DockerBackend::builder()
+            .image("x")
+            .network(Network::Named(" ".into()))
+            .build();
+        assert_eq!(empty_net.unwrap_err().code(), ErrorCode::Config);
+        let ok = DockerBackend::builder()
+            .image("x")
+            .docker_host("tcp://127.0.0.1:2375")
+            .build()
+            .unwrap();
+        assert_eq!(ok.docker_host(), "tcp://127.0.0.1:2375");
+        assert!(!format!("{ok:?}").is_empty());
+    }
+}

@@ -1,57 +1,82 @@
-//! The backend conformance behaviours (DESIGN.md §6) against a real dockerd: spawn → ping →
-//! invoke → terminate; a boot timeout leaves nothing; reap finds leftovers; terminate twice is
-//! fine; engine errors are typed.
+//! The backend conformance suite of DESIGN.md §6 (`flame_core::testkit::conformance`, shared by
+//! every backend) against a real dockerd, plus Docker-flavoured versions of its checks: a
+//! runner that never prints `FLAME_READY`, reap across apps, dockerd's own refusals.
 #![allow(clippy::unwrap_used)]
 
 mod common;
 
 use common::*;
-use flame_core::{Backend, ErrorCode, ReapScope, RunnerState, Transport};
+use flame_core::testkit::conformance::{self, Subject};
+use flame_core::{Backend, ErrorCode, ReapScope, RunnerState, SpawnRequest};
+use flame_http::HttpTransport;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spawn_ping_invoke_terminate() {
-    if !docker_available() {
-        return;
-    }
-    let app = unique_app("lifecycle");
-    let _cleanup = Cleanup::new(&app);
-    let backend = backend_builder().build().unwrap();
-    let request = spawn_request(&app, "parent-1", Duration::from_secs(30));
-    let runner_id = request.runner_id.clone();
-    let prober = request.prober.clone();
-
-    let handle = backend.spawn(request).await.unwrap();
-    assert_eq!(handle.runner_id, runner_id);
-    assert!(
-        handle.endpoint.url.starts_with("http://127.0.0.1:"),
-        "{}",
-        handle.endpoint.url
-    );
-    assert_eq!(app_containers(&app).await, vec![handle.backend_id.clone()]);
-    assert_eq!(backend.status(&handle).await.unwrap(), RunnerState::Running);
-
-    let status = prober.ping(&handle.endpoint).await.unwrap();
-    assert!(status.ok);
-    let sum: i64 = call(&handle.endpoint, "math", "add", &(2i64, 3i64))
+/// Containers (any state) of one runner, by its `flame.runner` label.
+async fn containers_of(req: &SpawnRequest) -> usize {
+    let out = tokio::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter"])
+        .arg(format!("label=flame.runner={}", req.runner_id))
+        .output()
         .await
         .unwrap();
-    assert_eq!(sum, 5);
+    String::from_utf8_lossy(&out.stdout).split_whitespace().count()
+}
 
-    backend.terminate(&handle).await.unwrap();
-    assert_eq!(backend.status(&handle).await.unwrap(), RunnerState::Stopped);
-    assert!(
-        app_containers(&app).await.is_empty(),
-        "terminate left a container"
-    );
-    assert!(
-        prober.ping(&handle.endpoint).await.is_err(),
-        "the runner still answers"
-    );
+fn subject(app: &str, backend: flame_backend_docker::DockerBackend) -> Subject {
+    let app = app.to_owned();
+    Subject::new(
+        Arc::new(backend),
+        Arc::new(HttpTransport::new()),
+        move |parent_id: &str, prober| conformance::default_request(&app, parent_id, prober),
+    )
+    .leftovers(|req| {
+        let req = req.clone();
+        Box::pin(async move { containers_of(&req).await })
+    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn boot_timeout_leaves_nothing() {
+async fn shared_conformance_suite() {
+    if !docker_available() {
+        return;
+    }
+    let app = unique_app("conformance");
+    let _cleanup = Cleanup::new(&app);
+    conformance::run_all(&subject(&app, backend_builder().build().unwrap())).await;
+    assert!(app_containers(&app).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_engine_errors_are_typed() {
+    if !docker_available() {
+        return;
+    }
+    let app = unique_app("conformance-errors");
+    let _cleanup = Cleanup::new(&app);
+    let prober: Arc<dyn flame_core::Transport> = Arc::new(HttpTransport::new());
+    let missing_image = backend_builder()
+        .image("flame-no-such-image:does-not-exist")
+        .build()
+        .unwrap();
+    let closed_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let no_engine = backend_builder()
+        .docker_host(format!("tcp://127.0.0.1:{closed_port}"))
+        .build()
+        .unwrap();
+    for backend in [missing_image, no_engine] {
+        let mut request = conformance::default_request(&app, "p", prober.clone());
+        request.boot_timeout = Duration::from_secs(10);
+        conformance::engine_errors_are_typed(&backend, request).await;
+    }
+    assert!(app_containers(&app).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_that_never_announces_ready_times_out_and_leaves_nothing() {
     if !docker_available() {
         return;
     }
@@ -122,29 +147,6 @@ async fn reap_removes_runners_of_a_crashed_parent_only() {
     backend.terminate(&other).await.unwrap();
     assert!(app_containers(&app).await.is_empty());
     assert!(app_containers(&other_app).await.is_empty());
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn terminate_twice_and_unknown_runners_are_fine() {
-    if !docker_available() {
-        return;
-    }
-    let app = unique_app("terminate-twice");
-    let _cleanup = Cleanup::new(&app);
-    let backend = backend_builder().build().unwrap();
-    let handle = backend
-        .spawn(spawn_request(&app, "parent-1", Duration::from_secs(30)))
-        .await
-        .unwrap();
-    let (first, second) = tokio::join!(backend.terminate(&handle), backend.terminate(&handle));
-    first.unwrap();
-    second.unwrap();
-    backend.terminate(&handle).await.unwrap();
-    let mut unknown = handle.clone();
-    unknown.backend_id = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into();
-    backend.terminate(&unknown).await.unwrap();
-    assert_eq!(backend.status(&unknown).await.unwrap(), RunnerState::Stopped);
-    assert!(app_containers(&app).await.is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,7 +9,7 @@ mod common;
 
 use bollard::Docker;
 use common::*;
-use flame_backend_docker::PullPolicy;
+use flame_backend_docker::{Gpus, Network, PullPolicy};
 use flame_core::backend::labels;
 use flame_core::{Backend, ErrorCode, ReapScope, RunnerAddress, RunnerState};
 use std::collections::HashSet;
@@ -468,4 +468,168 @@ async fn parent_in_a_container_uses_its_own_image() {
         "the runner is the parent's own container"
     );
     assert!(wait_no_containers(&app, Duration::from_secs(10)).await);
+}
+
+/// Engine refusals at create (memory below dockerd's minimum) and at start (GPUs on an engine
+/// without a GPU driver) are typed, not retryable, carry dockerd's message, and leave nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engine_refusals_at_create_and_start_are_typed_and_leave_nothing() {
+    if !docker_available() {
+        return;
+    }
+    let app = unique_app("refusals");
+    let _cleanup = Cleanup::new(&app);
+    let tiny = backend_builder().memory_bytes(1024).build().unwrap();
+    let err = tiny
+        .spawn(spawn_request(&app, "parent-1", Duration::from_secs(10)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Backend, "{err}");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.message().contains("Minimum memory limit"), "{err}");
+
+    let gpu = backend_builder().gpus(Gpus::All).build().unwrap();
+    let err = gpu
+        .spawn(spawn_request(&app, "parent-1", Duration::from_secs(10)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Backend, "{err}");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.message().contains("could not select device driver"), "{err}");
+    assert!(
+        app_containers(&app).await.is_empty(),
+        "a refused spawn left a container"
+    );
+}
+
+/// A caller that gives up on a spawn (its future dropped mid-boot) leaves no container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_spawn_leaves_nothing() {
+    if !docker_available() {
+        return;
+    }
+    let app = unique_app("abandoned");
+    let _cleanup = Cleanup::new(&app);
+    let backend = backend_builder()
+        .command(["/docker_runner", "never-ready"])
+        .build()
+        .unwrap();
+    let spawn = backend.spawn(spawn_request(&app, "parent-1", Duration::from_secs(60)));
+    let gave_up = tokio::time::timeout(Duration::from_secs(2), spawn).await;
+    assert!(gave_up.is_err(), "a never-ready runner cannot have booted");
+    assert!(
+        wait_no_containers(&app, Duration::from_secs(15)).await,
+        "the abandoned spawn's container is still there"
+    );
+}
+
+/// Removes a Docker network when dropped.
+struct NetworkGuard(String);
+
+impl Drop for NetworkGuard {
+    fn drop(&mut self) {
+        remove_app_containers_on_network(&self.0);
+        let _ = std::process::Command::new("docker")
+            .args(["network", "rm", &self.0])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
+
+fn remove_app_containers_on_network(network: &str) {
+    let out = std::process::Command::new("docker")
+        .args(["ps", "-aq", "--filter", &format!("network={network}")])
+        .output();
+    if let Ok(out) = out {
+        for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = std::process::Command::new("docker")
+                .args(["rm", "-f", id])
+                .stdout(std::process::Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// On a named network the runner listens on 0.0.0.0:<runner_port> and the backend reports its
+/// address on that network. The resolver hook maps it to a runner the test serves on 127.0.0.1
+/// (no packet goes to the container's private address), as for every backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_network_reports_the_container_address_to_the_resolver() {
+    if !docker_available() {
+        return;
+    }
+    let app = unique_app("named-net");
+    let _cleanup = Cleanup::new(&app);
+    let network = format!("flame-test-{}", &app[app.len() - 8..]);
+    let created = std::process::Command::new("docker")
+        .args(["network", "create", &network])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(created.success(), "docker network create failed");
+    let _network = NetworkGuard(network.clone());
+
+    let request = spawn_request(&app, "parent-1", Duration::from_secs(30));
+    // The stand-in runner on 127.0.0.1, verifying the same secret.
+    let mut config = flame_core::Config::default();
+    config.secret = request.secret.clone();
+    config.listen = Some("127.0.0.1:0".parse().unwrap());
+    let dispatcher = Arc::new(flame_core::Dispatcher::new(
+        flame_core::Registry::new().handle(
+            flame_core::Method::<(i64, i64), i64>::new("math", "add"),
+            |_ctx: flame_core::Context, (a, b): (i64, i64)| async move { Ok(a + b) },
+        ),
+        request.runner_id.clone(),
+    ));
+    let bound = flame_http::HttpServer::with_options(
+        flame_http::ServerOptions::default()
+            .announce(false)
+            .handle_signals(false),
+    )
+    .bind(dispatcher, &config)
+    .await
+    .unwrap();
+    let local_url = bound.url();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(bound.run(stop.clone()));
+
+    let seen: Arc<Mutex<Vec<RunnerAddress>>> = Arc::default();
+    let record = seen.clone();
+    let backend = backend_builder()
+        .network(Network::Named(network.clone()))
+        .runner_port(8088)
+        .address_resolver(Arc::new(move |address: &RunnerAddress| {
+            record.lock().unwrap().push(address.clone());
+            Some(local_url.clone())
+        }))
+        .build()
+        .unwrap();
+    let handle = backend.spawn(request).await.unwrap();
+    let address = seen.lock().unwrap()[0].clone();
+
+    let info = Docker::connect_with_defaults()
+        .unwrap()
+        .inspect_container(&handle.backend_id, None)
+        .await
+        .unwrap();
+    backend.terminate(&handle).await.unwrap();
+    stop.cancel();
+    let _ = server.await;
+
+    let ip = info.network_settings.unwrap().networks.unwrap()[&network]
+        .ip_address
+        .clone()
+        .unwrap();
+    assert!(!ip.is_empty());
+    assert_eq!(address.host.as_deref(), Some(ip.as_str()));
+    assert_eq!(address.port, 8088);
+    assert_eq!(address.backend_id, handle.backend_id);
+    let env = info.config.unwrap().env.unwrap();
+    assert!(env.iter().any(|e| e == "FLAME_LISTEN=0.0.0.0:8088"), "{env:?}");
+    assert_eq!(
+        info.host_config.unwrap().network_mode.as_deref(),
+        Some(network.as_str())
+    );
+    assert!(app_containers(&app).await.is_empty());
 }
