@@ -6,4 +6,6 @@
 fn service_macro_compile_errors() {
     let t = trybuild::TestCases::new();
     t.compile_fail("tests/ui/*.rs");
+    // And what it accepts compiles without a warning, docs included.
+    t.pass("tests/ui/pass/*.rs");
 }
