@@ -3,8 +3,9 @@
 //! - `FLAME_MODE=runner` (how the backend starts it): serves `math/add`, `utils/nonce` and
 //!   `utils/whoami` over HTTP and prints `FLAME_READY <url>`.
 //! - `docker_runner hold <image> <app> <parent-id> <parent-timeout-ms>`: a parent that spawns one
-//!   runner from `<image>`, prints `SPAWNED <container-id> <url>` and then waits forever (a test
-//!   kills it with SIGKILL and checks the runner's failsafe removes the container).
+//!   runner from `<image>`, prints `SPAWNED <container-id> <url>` and then pings it (signed)
+//!   forever, like a pool's health checks (a test kills it with SIGKILL and checks the runner's
+//!   failsafe removes the container).
 //! - `docker_runner own-image <app>`: a parent that runs inside a container, spawns one runner
 //!   from its own image (nothing configured), calls it, prints `IMAGE <image>`,
 //!   `PARENT <its own whoami json>` and `WHOAMI <the runner's json>`, terminates the runner and exits.
@@ -100,8 +101,14 @@ async fn parent(args: &[String]) -> Result<(), Error> {
                 .map_err(|_| Error::config("timeout-ms is not a number"))?;
             let handle = backend.spawn(spawn_request(app, parent_id, timeout_ms)).await?;
             println!("SPAWNED {} {}", handle.backend_id, handle.endpoint.url);
-            std::future::pending::<()>().await;
-            Ok(())
+            // Keep the runner's failsafe fed, as a pool's health pings do, until killed.
+            let transport = HttpTransport::new();
+            loop {
+                tokio::time::sleep(Duration::from_millis(timeout_ms / 4)).await;
+                if let Err(e) = flame_core::Transport::ping(&transport, &handle.endpoint).await {
+                    eprintln!("ping failed: {e}");
+                }
+            }
         }
         Some("own-image") => {
             let app = args.get(1).cloned().unwrap_or_else(|| "own-image".into());

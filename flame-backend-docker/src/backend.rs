@@ -175,7 +175,8 @@ impl DockerBackendBuilder {
         self
     }
 
-    /// Bound on each dockerd request (default 60 s).
+    /// Bound on each dockerd request (default 60 s; `terminate`'s stop gets the stop grace on
+    /// top).
     pub fn api_timeout(mut self, timeout: Duration) -> Self {
         self.api_timeout = timeout;
         self
@@ -321,12 +322,14 @@ impl DockerBackend {
     async fn client(&self) -> Result<Docker> {
         let host = &self.inner.host;
         let timeout = self.inner.settings.api_timeout;
+        // `stop` answers only once the container stopped: allow the grace time on top.
+        let request_timeout = timeout + self.stop_grace_secs_duration();
         self.inner
             .client
             .get_or_try_init(|| async {
                 let docker = Docker::connect_with_host(host)
                     .map_err(|e| engine_error("connect", host, e))?
-                    .with_timeout(timeout);
+                    .with_timeout(request_timeout);
                 match tokio::time::timeout(timeout, docker.negotiate_version()).await {
                     Ok(Ok(docker)) => Ok(docker),
                     Ok(Err(e)) => Err(engine_error("negotiate the API version", host, e)),

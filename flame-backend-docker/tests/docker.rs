@@ -359,9 +359,9 @@ async fn dockerd_gone_mid_test_gives_typed_errors_and_no_leak() {
     assert!(app_containers(&app).await.is_empty());
 }
 
-/// A parent process spawns a runner and is killed with SIGKILL: nobody terminates the runner,
-/// its failsafe (no parent contact for FLAME_PARENT_TIMEOUT) makes it exit, and AutoRemove
-/// removes the container.
+/// A parent process spawns a runner and pings it; the runner lives past its failsafe window.
+/// Then the parent is killed with SIGKILL: nobody terminates the runner, its failsafe (no
+/// parent contact for FLAME_PARENT_TIMEOUT) makes it exit, and AutoRemove removes the container.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn parent_killed_leaves_no_container_after_the_failsafe_window() {
     if !docker_available() {
@@ -397,14 +397,26 @@ async fn parent_killed_leaves_no_container_after_the_failsafe_window() {
     .await
     .expect("the parent did not spawn its runner within 60 s");
     let container = line.split_whitespace().nth(1).unwrap().to_owned();
-    assert_eq!(app_containers(&app).await, vec![container]);
+    assert_eq!(app_containers(&app).await, vec![container.clone()]);
+    // While the parent lives (and pings), the runner outlives its failsafe window.
+    tokio::time::sleep(Duration::from_millis(parent_timeout_ms * 2)).await;
+    assert_eq!(
+        app_containers(&app).await,
+        vec![container],
+        "the runner died although its parent kept in touch"
+    );
 
     parent.start_kill().unwrap(); // SIGKILL: no cleanup code runs in the parent
     parent.wait().await.unwrap();
+    let killed = std::time::Instant::now();
     let window = Duration::from_millis(parent_timeout_ms) + Duration::from_secs(15);
     assert!(
         wait_no_containers(&app, window).await,
         "the runner's container outlived its parent by more than {window:?}"
+    );
+    eprintln!(
+        "container gone {:?} after the parent's SIGKILL (FLAME_PARENT_TIMEOUT {parent_timeout_ms} ms)",
+        killed.elapsed()
     );
 }
 
