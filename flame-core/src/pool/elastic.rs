@@ -17,6 +17,9 @@
 //!   `idle_shutdown_after` without calls (never below `min`), and declares it down when pings
 //!   fail: its leases' [`Lease::lost`] token fires, so calls in flight fail with a retryable
 //!   error, and a replacement starts when the pool is below `min` or callers are waiting.
+//!   A runner that refuses connections while its backend says it runs is draining (on
+//!   `SIGTERM` a runner closes its listener first): it is retired instead — no new leases,
+//!   its calls in flight finish, and it is ended once they have.
 
 use super::{CheckoutOptions, Lease, LeaseOutcome, Pool, PoolConfig, PoolStats};
 use crate::backend::{labels, Backend, RunnerHandle, RunnerState, SpawnRequest};
@@ -945,14 +948,17 @@ impl Shared {
             }
             let ping =
                 tokio::time::timeout(ping_timeout, self.template.transport.ping(&handle.endpoint)).await;
-            let problem = match ping {
+            let (problem, refused) = match ping {
                 Ok(Ok(status)) if status.draining => {
                     self.retire_draining(id);
-                    None
+                    (None, false)
                 }
-                Ok(Ok(_)) => None,
-                Ok(Err(e)) => Some(e.to_string()),
-                Err(_) => Some(format!("ping timed out after {ping_timeout:?}")),
+                Ok(Ok(_)) => (None, false),
+                Ok(Err(e)) => {
+                    let refused = e.code() == ErrorCode::Transport && e.handler_never_ran();
+                    (Some(e.to_string()), refused)
+                }
+                Err(_) => (Some(format!("ping timed out after {ping_timeout:?}")), false),
             };
             next_ping = Instant::now() + self.health_interval;
             match problem {
@@ -962,7 +968,16 @@ impl Shared {
                 }
                 Some(reason) => {
                     failures += 1;
-                    let stopped = matches!(self.backend.status(&handle).await, Ok(RunnerState::Stopped));
+                    let state = self.backend.status(&handle).await;
+                    if refused && matches!(state, Ok(RunnerState::Running)) {
+                        // It stopped listening but still runs: a runner draining on SIGTERM
+                        // closes its listener first. Its calls in flight finish; it takes no
+                        // new ones and is ended once they are done (or they fail on their own
+                        // connections if it dies).
+                        self.retire_draining(id);
+                        return;
+                    }
+                    let stopped = matches!(state, Ok(RunnerState::Stopped));
                     if stopped || failures >= PING_FAILURES_DOWN {
                         let why = if stopped {
                             format!("{reason}; the {} backend says it stopped", self.backend.name())
