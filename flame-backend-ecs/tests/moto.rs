@@ -1,0 +1,464 @@
+//! The ECS backend against a real moto_server (DESIGN.md §6): `.ci/setup/20-moto.sh` starts
+//! it; tests reach it at `FLAME_MOTO_URL` (default http://127.0.0.1:5000). Each test uses its
+//! own cluster. The address resolver maps every task to an in-process runner: moto's private
+//! 10.x addresses are never contacted.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use flame_backend_ecs::{EcsError, EcsErrorKind, SecretDelivery};
+use flame_core::{Backend, ErrorCode, ReapScope, RunnerState};
+use std::time::Duration;
+
+const BOOT: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn moto_spawn_ping_invoke_status_terminate() {
+    if !moto_available().await {
+        return;
+    }
+    let world = MotoWorld::new("basic").await;
+    let runners = Runners::new();
+    let backend = world
+        .builder()
+        .resolver(runners.resolver())
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(backend.name(), "ecs");
+
+    let req = request("basic", "parent-1", runners.prober(), BOOT);
+    let handle = backend.spawn(req.clone()).await.unwrap();
+    assert_eq!(handle.runner_id, req.runner_id);
+    assert!(
+        handle.backend_id.starts_with("arn:aws:ecs:"),
+        "{}",
+        handle.backend_id
+    );
+    assert!(
+        handle.endpoint.url.starts_with("mem://"),
+        "{}",
+        handle.endpoint.url
+    );
+    assert_eq!(
+        handle.endpoint.secret.as_ref().map(|s| s.expose()),
+        Some("s3cret-for-tests")
+    );
+
+    // The resolver saw the ENI address moto assigned (never contacted) and the runner port.
+    let seen = runners.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].backend_id, handle.backend_id);
+    assert_eq!(seen[0].port, 8080);
+    let host = seen[0].host.clone().unwrap();
+    assert!(host.parse::<std::net::Ipv4Addr>().unwrap().is_private(), "{host}");
+
+    assert_eq!(add(&runners.transport, &handle.endpoint, 2, 3).await, 5);
+    assert_eq!(backend.status(&handle).await.unwrap(), RunnerState::Running);
+
+    backend.terminate(&handle).await.unwrap();
+    assert_eq!(backend.status(&handle).await.unwrap(), RunnerState::Stopped);
+    let task = world.describe(&handle.backend_id).await;
+    assert_eq!(task.desired_status(), Some("STOPPED"));
+    assert_eq!(
+        task.stopped_reason(),
+        Some("flame: runner terminated by its parent")
+    );
+    assert!(world.running_tasks().await.is_empty());
+}
+
+#[tokio::test]
+async fn moto_run_task_arguments_as_sent() {
+    if !moto_available().await {
+        return;
+    }
+    let world = MotoWorld::new("args").await;
+    let runners = Runners::new();
+    let backend = world
+        .builder()
+        .resolver(runners.resolver())
+        .command(["/app/media", "--runner"])
+        .cpu("1024")
+        .memory("2048")
+        .runner_port(9000)
+        .tag("team", "media")
+        .build()
+        .await
+        .unwrap();
+    let mut req = request("args-app", "parent-args", runners.prober(), BOOT);
+    req.env.insert("USER_SETTING".into(), "forwarded".into());
+    let handle = backend.spawn(req.clone()).await.unwrap();
+
+    let task = world.describe(&handle.backend_id).await;
+    assert_eq!(task.started_by(), Some("flame-args-app"));
+    assert_eq!(task.launch_type().map(|l| l.as_str()), Some("FARGATE"));
+    assert!(!task.enable_execute_command());
+    assert_eq!(
+        task.task_definition_arn()
+            .map(|a| a.ends_with(&world.task_definition)),
+        Some(true)
+    );
+
+    let tags: std::collections::BTreeMap<_, _> = task
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap(), t.value().unwrap()))
+        .collect();
+    assert_eq!(tags["flame.app"], "args-app");
+    assert_eq!(tags["flame.pool"], "default");
+    assert_eq!(tags["flame.parent"], "parent-args");
+    assert_eq!(tags["flame.runner"], req.runner_id.as_str());
+    assert_eq!(tags["team"], "media");
+
+    let overrides = task.overrides().unwrap();
+    assert_eq!(overrides.cpu(), Some("1024"));
+    assert_eq!(overrides.memory(), Some("2048"));
+    let container = &overrides.container_overrides()[0];
+    assert_eq!(container.name(), Some("app"));
+    assert_eq!(container.command(), ["/app/media", "--runner"]);
+    let env: std::collections::BTreeMap<_, _> = container
+        .environment()
+        .iter()
+        .map(|kv| (kv.name().unwrap(), kv.value().unwrap()))
+        .collect();
+    assert_eq!(env["FLAME_MODE"], "runner");
+    assert_eq!(env["FLAME_LISTEN"], "0.0.0.0:9000");
+    assert_eq!(env["FLAME_PARENT_ID"], "parent-args");
+    assert_eq!(env["FLAME_RUNNER_ID"], req.runner_id.as_str());
+    assert_eq!(env["USER_SETTING"], "forwarded");
+    // The documented caveat: in Overrides mode the secret is visible to DescribeTasks callers.
+    assert_eq!(env["FLAME_SECRET"], "s3cret-for-tests");
+
+    // The resolver was told the configured port.
+    assert_eq!(runners.seen.lock().unwrap()[0].port, 9000);
+    backend.terminate(&handle).await.unwrap();
+}
+
+#[tokio::test]
+async fn moto_secret_from_task_definition_stays_out_of_overrides() {
+    if !moto_available().await {
+        return;
+    }
+    let world = MotoWorld::new("secret").await;
+    let runners = Runners::new();
+    let backend = world
+        .builder()
+        .resolver(runners.resolver())
+        .secret_delivery(SecretDelivery::TaskDefinition)
+        .build()
+        .await
+        .unwrap();
+    let handle = backend
+        .spawn(request("secret", "p", runners.prober(), BOOT))
+        .await
+        .unwrap();
+    let task = world.describe(&handle.backend_id).await;
+    let container = &task.overrides().unwrap().container_overrides()[0];
+    let names: Vec<_> = container
+        .environment()
+        .iter()
+        .filter_map(|kv| kv.name())
+        .collect();
+    assert!(names.contains(&"FLAME_MODE"), "{names:?}");
+    assert!(!names.contains(&"FLAME_SECRET"), "{names:?}");
+    // The parent still signs with the secret: the endpoint carries it.
+    assert!(handle.endpoint.secret.is_some());
+    backend.terminate(&handle).await.unwrap();
+}
+
+#[tokio::test]
+async fn moto_container_name_comes_from_the_task_definition() {
+    if !moto_available().await {
+        return;
+    }
+    let single = MotoWorld::new("onecontainer").await;
+    let runners = Runners::new();
+    let backend = moto_builder()
+        .cluster(&single.cluster)
+        .task_definition(&single.task_definition)
+        .fargate()
+        .subnets([single.subnet.clone()])
+        .security_groups(["sg-flame-test"])
+        .resolver(runners.resolver())
+        .build()
+        .await
+        .unwrap();
+    let handle = backend
+        .spawn(request("onecontainer", "p", runners.prober(), BOOT))
+        .await
+        .unwrap();
+    let task = single.describe(&handle.backend_id).await;
+    assert_eq!(
+        task.overrides().unwrap().container_overrides()[0].name(),
+        Some("app")
+    );
+    backend.terminate(&handle).await.unwrap();
+
+    // Two containers and none named: a typed config error, and nothing started.
+    let two = MotoWorld::with_containers("twocontainers", &["app", "sidecar"]).await;
+    let backend = moto_builder()
+        .cluster(&two.cluster)
+        .task_definition(&two.task_definition)
+        .fargate()
+        .subnets([two.subnet.clone()])
+        .security_groups(["sg-flame-test"])
+        .resolver(runners.resolver())
+        .build()
+        .await
+        .unwrap();
+    let err = backend
+        .spawn(request("twocontainers", "p", runners.prober(), BOOT))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Config, "{err}");
+    assert_eq!(EcsError::kind_of(&err), Some(EcsErrorKind::Config));
+    assert!(err.message().contains("sidecar"), "{err}");
+    assert!(two.running_tasks().await.is_empty());
+}
+
+#[tokio::test]
+async fn moto_task_stopped_during_boot_is_a_typed_error() {
+    if !moto_available().await {
+        return;
+    }
+    let world = MotoWorld::new("stopboot").await;
+    let runners = Runners::new();
+    // The runner never answers, so the backend keeps pinging and re-checking the task.
+    let backend = world
+        .builder()
+        .resolver(runners.silent_resolver())
+        .build()
+        .await
+        .unwrap();
+    let spawn = tokio::spawn({
+        let backend = backend.clone();
+        let req = request("stopboot", "p", runners.prober(), Duration::from_secs(20));
+        async move { backend.spawn(req).await }
+    });
+    // The task dies on its own (an essential container exits): stop it from the side.
+    let arn = loop {
+        if let Some(arn) = world.running_tasks().await.first().cloned() {
+            break arn;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    world
+        .client
+        .stop_task()
+        .cluster(&world.cluster)
+        .task(&arn)
+        .reason("Essential container in task exited")
+        .send()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = tokio::time::timeout(Duration::from_secs(15), spawn)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "noticed late: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        EcsError::kind_of(&err),
+        Some(EcsErrorKind::StoppedDuringBoot),
+        "{err}"
+    );
+    assert_eq!(err.code(), ErrorCode::Backend);
+    assert!(
+        err.message().contains("Essential container in task exited"),
+        "{err}"
+    );
+    assert!(world.running_tasks().await.is_empty());
+}
+
+#[tokio::test]
+async fn moto_boot_timeout_stops_the_task() {
+    if !moto_available().await {
+        return;
+    }
+    let world = MotoWorld::new("boottimeout").await;
+    let runners = Runners::new();
+    let backend = world
+        .builder()
+        .resolver(runners.silent_resolver())
+        .build()
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let err = backend
+        .spawn(request(
+            "boottimeout",
+            "p",
+            runners.prober(),
+            Duration::from_millis(1500),
+        ))
+        .await
+        .unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.code(), ErrorCode::SpawnTimeout, "{err}");
+    assert_eq!(EcsError::kind_of(&err), Some(EcsErrorKind::BootTimeout));
+    assert!(err.is_retryable());
+    assert!(
+        took >= Duration::from_millis(1400) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+    // Nothing left running: the task was stopped with a reason.
+    assert!(world.running_tasks().await.is_empty());
+    let arn = runners.seen.lock().unwrap()[0].backend_id.clone();
+    let task = world.describe(&arn).await;
+    assert_eq!(task.desired_status(), Some("STOPPED"));
+    assert!(
+        task.stopped_reason().unwrap().starts_with("flame: spawn failed"),
+        "{:?}",
+        task.stopped_reason()
+    );
+}
+
+#[tokio::test]
+async fn moto_reap_stops_only_tasks_of_dead_parents_of_the_app() {
+    if !moto_available().await {
+        return;
+    }
+    let world = MotoWorld::new("reap").await;
+    let runners = Runners::new();
+    let backend = world
+        .builder()
+        .resolver(runners.resolver())
+        .build()
+        .await
+        .unwrap();
+    let app = format!("reap-{}", uuid::Uuid::new_v4().simple());
+    let dead1 = backend
+        .spawn(request(&app, "dead-parent", runners.prober(), BOOT))
+        .await
+        .unwrap();
+    let dead2 = backend
+        .spawn(request(&app, "dead-parent", runners.prober(), BOOT))
+        .await
+        .unwrap();
+    let live = backend
+        .spawn(request(&app, "live-parent", runners.prober(), BOOT))
+        .await
+        .unwrap();
+    let other = backend
+        .spawn(request("other-app", "dead-parent", runners.prober(), BOOT))
+        .await
+        .unwrap();
+
+    let scope = ReapScope {
+        app: app.clone(),
+        live_parent: "live-parent".into(),
+    };
+    assert_eq!(backend.reap(&scope).await.unwrap(), 2);
+    assert_eq!(backend.status(&dead1).await.unwrap(), RunnerState::Stopped);
+    assert_eq!(backend.status(&dead2).await.unwrap(), RunnerState::Stopped);
+    assert_eq!(backend.status(&live).await.unwrap(), RunnerState::Running);
+    assert_eq!(backend.status(&other).await.unwrap(), RunnerState::Running);
+    let reason = world
+        .describe(&dead1.backend_id)
+        .await
+        .stopped_reason()
+        .unwrap()
+        .to_owned();
+    assert_eq!(reason, "flame: reaped, parent dead-parent is gone");
+    // Nothing more to reap.
+    assert_eq!(backend.reap(&scope).await.unwrap(), 0);
+
+    backend.terminate(&live).await.unwrap();
+    backend.terminate(&other).await.unwrap();
+    assert!(world.running_tasks().await.is_empty());
+}
+
+#[tokio::test]
+async fn moto_terminate_twice_is_ok() {
+    if !moto_available().await {
+        return;
+    }
+    let world = MotoWorld::new("twice").await;
+    let runners = Runners::new();
+    let backend = world
+        .builder()
+        .resolver(runners.resolver())
+        .build()
+        .await
+        .unwrap();
+    let handle = backend
+        .spawn(request("twice", "p", runners.prober(), BOOT))
+        .await
+        .unwrap();
+    backend.terminate(&handle).await.unwrap();
+    backend.terminate(&handle).await.unwrap();
+    assert_eq!(backend.status(&handle).await.unwrap(), RunnerState::Stopped);
+    assert!(world.running_tasks().await.is_empty());
+}
+
+#[tokio::test]
+async fn moto_many_concurrent_spawns_each_get_their_own_task() {
+    if !moto_available().await {
+        return;
+    }
+    let world = MotoWorld::new("concurrent").await;
+    let runners = Runners::new();
+    let backend = world
+        .builder()
+        .resolver(runners.resolver())
+        .build()
+        .await
+        .unwrap();
+    let spawns: Vec<_> = (0..8)
+        .map(|_| {
+            let backend = backend.clone();
+            let req = request("concurrent", "p", runners.prober(), BOOT);
+            tokio::spawn(async move { backend.spawn(req).await })
+        })
+        .collect();
+    let mut handles = Vec::new();
+    for s in spawns {
+        handles.push(s.await.unwrap().unwrap());
+    }
+    let mut arns: Vec<_> = handles.iter().map(|h| h.backend_id.clone()).collect();
+    arns.sort();
+    arns.dedup();
+    assert_eq!(arns.len(), 8);
+    assert_eq!(world.running_tasks().await.len(), 8);
+    for (i, h) in handles.iter().enumerate() {
+        assert_eq!(
+            add(&runners.transport, &h.endpoint, i as i64, 1).await,
+            i as i64 + 1
+        );
+        backend.terminate(h).await.unwrap();
+    }
+    assert!(world.running_tasks().await.is_empty());
+}
+
+#[tokio::test]
+async fn moto_unknown_cluster_is_rejected_and_starts_nothing() {
+    if !moto_available().await {
+        return;
+    }
+    let world = MotoWorld::new("nocluster").await;
+    let runners = Runners::new();
+    let backend = world
+        .builder()
+        .cluster(format!("does-not-exist-{}", uuid::Uuid::new_v4().simple()))
+        .resolver(runners.resolver())
+        .build()
+        .await
+        .unwrap();
+    let err = backend
+        .spawn(request("nocluster", "p", runners.prober(), BOOT))
+        .await
+        .unwrap_err();
+    assert_eq!(EcsError::kind_of(&err), Some(EcsErrorKind::Rejected), "{err}");
+    assert!(!err.is_retryable());
+    assert_eq!(
+        EcsError::of(&err).and_then(|e| e.ecs_code.as_deref()),
+        Some("ClusterNotFoundException")
+    );
+    assert!(runners.seen.lock().unwrap().is_empty());
+}
