@@ -645,3 +645,228 @@ async fn named_network_reports_the_container_address_to_the_resolver() {
     );
     assert!(app_containers(&app).await.is_empty());
 }
+
+/// A dockerd of the test's own (own socket, data and exec roots, and its own containerd, as
+/// a service manager runs them), so the test can kill dockerd without disturbing the shared
+/// engine. Everything is stopped, unmounted and deleted on drop.
+struct PrivateDockerd {
+    dir: std::path::PathBuf,
+    containerd: Option<std::process::Child>,
+    dockerd: Option<std::process::Child>,
+}
+
+impl PrivateDockerd {
+    fn socket(&self) -> String {
+        format!("unix://{}/docker.sock", self.dir.display())
+    }
+
+    fn containerd_socket(&self) -> std::path::PathBuf {
+        self.dir.join("containerd.sock")
+    }
+
+    fn cli(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new("docker");
+        cmd.args(["-H", &self.socket()]);
+        cmd
+    }
+
+    fn log(&self, name: &str) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join(name))
+            .unwrap()
+    }
+
+    fn start(dir: std::path::PathBuf) -> PrivateDockerd {
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut d = PrivateDockerd {
+            dir,
+            containerd: None,
+            dockerd: None,
+        };
+        let log = d.log("containerd.log");
+        d.containerd = Some(
+            std::process::Command::new("containerd")
+                .arg("--address")
+                .arg(d.containerd_socket())
+                .arg("--root")
+                .arg(d.dir.join("containerd-root"))
+                .arg("--state")
+                .arg(d.dir.join("containerd-state"))
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+        d.launch();
+        d
+    }
+
+    fn launch(&mut self) {
+        let log = self.log("dockerd.log");
+        let child = std::process::Command::new("dockerd")
+            .args(["--host", &self.socket()])
+            .arg("--containerd")
+            .arg(self.containerd_socket())
+            .arg("--data-root")
+            .arg(self.dir.join("data"))
+            .arg("--exec-root")
+            .arg(self.dir.join("exec"))
+            .arg("--pidfile")
+            .arg(self.dir.join("dockerd.pid"))
+            .args(["--bridge=none", "--iptables=false"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.dockerd = Some(child);
+        let until = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < until {
+            if self.cli().arg("info").output().unwrap().status.success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        panic!(
+            "the private dockerd did not answer within 30 s: {}",
+            std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
+        );
+    }
+
+    /// SIGKILL to dockerd: the engine's API vanishes; containerd and the containers live on.
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.dockerd.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+
+    fn terminate(child: Option<std::process::Child>) {
+        let Some(mut child) = child else { return };
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let until = std::time::Instant::now() + Duration::from_secs(20);
+        while std::time::Instant::now() < until {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for PrivateDockerd {
+    fn drop(&mut self) {
+        if self.dockerd.is_none() {
+            // Killed mid-test and not relaunched: bring it back to clean up.
+            self.launch();
+        }
+        if let Ok(out) = self.cli().args(["ps", "-aq"]).output() {
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = self.cli().args(["rm", "-f", id]).output();
+            }
+        }
+        PrivateDockerd::terminate(self.dockerd.take());
+        PrivateDockerd::terminate(self.containerd.take());
+        let prefix = self.dir.display().to_string();
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter(|p| p.starts_with(&prefix))
+            .collect();
+        points.sort_unstable_by(|a, b| b.cmp(a));
+        for point in points {
+            let _ = std::process::Command::new("umount").arg(point).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// dockerd itself is killed (SIGKILL) mid-test: status, terminate, reap and spawn fail with
+/// typed retryable errors; the runner keeps serving meanwhile; when dockerd comes back it
+/// removes the AutoRemove container, and the backend's retry of terminate is `Ok`. Nothing is
+/// left in the engine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerd_killed_mid_test_gives_typed_errors_and_no_leak() {
+    if !docker_available() {
+        return;
+    }
+    let app = unique_app("dockerd-killed");
+    let image = runner_image();
+    let dir = std::env::temp_dir().join(format!("flame-{app}"));
+    let mut engine = tokio::task::spawn_blocking(move || PrivateDockerd::start(dir))
+        .await
+        .unwrap();
+    let load = format!(
+        "docker save {image} | docker -H {} load -q >/dev/null",
+        engine.socket()
+    );
+    let loaded = std::process::Command::new("sh")
+        .args(["-c", &load])
+        .status()
+        .unwrap();
+    assert!(
+        loaded.success(),
+        "loading the runner image into the private dockerd failed"
+    );
+
+    let backend = backend_builder()
+        .docker_host(engine.socket())
+        .api_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let handle = backend
+        .spawn(spawn_request(&app, "parent-1", Duration::from_secs(30)))
+        .await
+        .unwrap();
+    let sum: i64 = call(&handle.endpoint, "math", "add", &(2i64, 2i64))
+        .await
+        .unwrap();
+    assert_eq!(sum, 4);
+
+    engine.kill9();
+    let scope = ReapScope {
+        app: app.clone(),
+        live_parent: "someone-else".into(),
+    };
+    let errors = [
+        backend.status(&handle).await.unwrap_err(),
+        backend.terminate(&handle).await.unwrap_err(),
+        backend.reap(&scope).await.unwrap_err(),
+        backend
+            .spawn(spawn_request(&app, "parent-1", Duration::from_secs(10)))
+            .await
+            .unwrap_err(),
+    ];
+    for err in &errors {
+        assert_eq!(err.code(), ErrorCode::Backend, "{err}");
+        assert!(err.is_retryable(), "{err}");
+        assert!(err.message().contains("docker.sock"), "{err}");
+    }
+    // The container outlives its engine for now: the runner still answers.
+    let sum: i64 = call(&handle.endpoint, "math", "add", &(3i64, 3i64))
+        .await
+        .unwrap();
+    assert_eq!(sum, 6);
+
+    let engine = tokio::task::spawn_blocking(move || {
+        engine.launch();
+        engine
+    })
+    .await
+    .unwrap();
+    backend.terminate(&handle).await.unwrap();
+    assert_eq!(backend.status(&handle).await.unwrap(), RunnerState::Stopped);
+    let left = engine.cli().args(["ps", "-aq"]).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&left.stdout).trim().is_empty(),
+        "containers left in the engine: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+    tokio::task::spawn_blocking(move || drop(engine)).await.unwrap();
+}
