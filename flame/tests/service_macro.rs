@@ -318,3 +318,18 @@ fn client_debug_names_the_service() {
     let text = format!("{:?}", MathClient::new(flame));
     assert!(text.contains("MathClient") && text.contains("math"), "{text}");
 }
+
+#[tokio::test]
+async fn client_calls_are_send_and_run_concurrently() {
+    let (flame, math) = local();
+    let calls: Vec<_> = (0..16)
+        .map(|i| {
+            let math = math.clone();
+            tokio::spawn(async move { math.add(i, i).await })
+        })
+        .collect();
+    for (i, call) in calls.into_iter().enumerate() {
+        assert_eq!(call.await.unwrap().unwrap(), 2 * i as i64);
+    }
+    flame.shutdown().await.unwrap();
+}
