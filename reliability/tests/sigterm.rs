@@ -1,0 +1,124 @@
+//! Scenario 4 — `SIGTERM` to a runner under load (pool of 2 real `rel_runner` processes): its
+//! calls in flight finish within the drain grace, new calls go to the other runner (none runs
+//! on the draining one, per its own execution log), it exits, and the pool replaces it.
+#![allow(clippy::unwrap_used)]
+#![cfg(target_os = "linux")]
+
+mod common;
+
+use common::*;
+use flame_core::{CallOptions, PoolConfig};
+use flame_reliability::methods::{read_logs, Record, RECORD};
+use flame_reliability::procfs::{alive, signal, wait_until_async, KillByEnv};
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_under_load_drains_in_flight_calls_and_new_calls_go_elsewhere() {
+    let grace = Duration::from_secs(5);
+    let p = parent(
+        PoolConfig::default()
+            .min(2)
+            .max(2)
+            .max_concurrency(100)
+            .health_interval(Duration::from_millis(300)),
+        &[("REL_DRAIN_GRACE_MS", "5000")],
+    )
+    .await;
+    let _cleanup = KillByEnv::new("FLAME_PARENT_ID", p.parent_id());
+    assert!(
+        wait_until_async(Duration::from_secs(60), || p.stats().runners == 2)
+            .await
+            .is_some()
+    );
+
+    let in_flight: Vec<_> = (0..100)
+        .map(|i| {
+            let f = p.flame.clone();
+            tokio::spawn(async move {
+                f.call_with(
+                    RECORD,
+                    Record::new(format!("old-{i}")).sleep(1500),
+                    CallOptions::new().timeout(Duration::from_secs(30)),
+                )
+                .await
+            })
+        })
+        .collect();
+    assert!(
+        wait_until_async(Duration::from_secs(10), || p.stats().in_flight == 100)
+            .await
+            .is_some()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let victim = p.runner_pids()[0];
+    signal(victim, "TERM");
+    let termed = Instant::now();
+
+    // New calls while it drains: every one succeeds, on another runner.
+    let mut new_calls = 0;
+    while termed.elapsed() < Duration::from_millis(1500) {
+        let batch: Vec<_> = (0..10)
+            .map(|i| {
+                let f = p.flame.clone();
+                let tag = format!("new-{new_calls}-{i}");
+                tokio::spawn(async move {
+                    f.call_with(
+                        RECORD,
+                        Record::new(tag),
+                        CallOptions::new().timeout(Duration::from_secs(20)).retries(3),
+                    )
+                    .await
+                })
+            })
+            .collect();
+        for b in batch {
+            let r = b.await.unwrap().unwrap();
+            assert_ne!(r.pid, victim, "a new call ran on the draining runner");
+        }
+        new_calls += 10;
+    }
+
+    // The calls in flight on it finished, within the grace.
+    let mut on_victim = 0;
+    for c in in_flight {
+        let r = c
+            .await
+            .unwrap()
+            .expect("an in-flight call failed during the drain");
+        if r.pid == victim {
+            on_victim += 1;
+        }
+    }
+    let drained_in = termed.elapsed();
+    assert!(on_victim > 0, "the victim had no calls in flight");
+    assert!(drained_in < grace, "in-flight calls took {drained_in:?}");
+    let exited = wait_until_async(grace + Duration::from_secs(2), || !alive(victim)).await;
+    assert!(exited.is_some(), "the drained runner did not exit");
+
+    // Its own log: only the calls it had before SIGTERM.
+    let logs = read_logs(p.logs.path());
+    let victim_log = logs
+        .values()
+        .find(|runs| runs.keys().any(|t| t.starts_with("old-")) && runs.len() == on_victim)
+        .expect("the victim's log");
+    assert!(
+        victim_log.keys().all(|t| t.starts_with("old-")),
+        "new work ran on the draining runner"
+    );
+
+    let replaced = wait_until_async(Duration::from_secs(30), || {
+        let pids = p.runner_pids();
+        p.stats().runners == 2 && pids.len() == 2 && !pids.contains(&victim)
+    })
+    .await;
+    assert!(
+        replaced.is_some(),
+        "the pool did not replace the drained runner: {:?}",
+        p.stats()
+    );
+    eprintln!(
+        "SIGTERM under load: {on_victim} in-flight calls on the victim all finished ({drained_in:?} after SIGTERM, grace {grace:?}); {new_calls} new calls all served elsewhere; runner exited after {:?}; replaced",
+        exited.unwrap() + drained_in
+    );
+    p.flame.shutdown().await.unwrap();
+}
