@@ -528,7 +528,13 @@ impl EcsBackend {
                     format!("no URL for task {arn}"),
                 ))
             })?;
-            let endpoint = Endpoint::new(url, request.runner_id.clone()).with_secret(request.secret.clone());
+            // The secret the runner verifies with: the request's (sent in the overrides), or
+            // the one its task definition injects.
+            let secret = match self.settings.secret_delivery {
+                SecretDelivery::Overrides => request.secret.clone(),
+                SecretDelivery::TaskDefinition => self.settings.task_definition_secret.clone(),
+            };
+            let endpoint = Endpoint::new(url, request.runner_id.clone()).with_secret(secret);
             self.wait_healthy(&arn, &endpoint, request, deadline).await?;
             Ok::<_, Error>(endpoint)
         }

@@ -7,7 +7,7 @@ use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_sdk_ecs::config::Credentials;
-use flame_core::{AddressResolver, Result, RunnerAddress};
+use flame_core::{AddressResolver, Result, RunnerAddress, Secret};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -34,9 +34,10 @@ pub enum SecretDelivery {
     /// overrides are part of the task description. Fine for development.
     Overrides,
     /// From the task definition's `secrets` (Secrets Manager or SSM Parameter Store, injected
-    /// by the ECS agent as `FLAME_SECRET`): the override never carries it. The parent must use
-    /// the same secret — when the runner runs the parent's own task definition, the parent's
-    /// `FLAME_SECRET` comes from the same entry. The production setup.
+    /// by the ECS agent as `FLAME_SECRET`): the override never carries it, and the parent signs
+    /// its calls to these runners with that same secret — by default its own `FLAME_SECRET`
+    /// (the same entry, when the runner runs the parent's own task definition), or the one
+    /// given to [`EcsBackendBuilder::task_definition_secret`]. The production setup.
     TaskDefinition,
 }
 
@@ -128,6 +129,9 @@ pub struct EcsSettings {
     pub runner_port: u16,
     /// How `FLAME_SECRET` reaches the runner.
     pub secret_delivery: SecretDelivery,
+    /// With [`SecretDelivery::TaskDefinition`]: the secret the task definition gives the
+    /// runner, which the parent signs with.
+    pub task_definition_secret: Option<Secret>,
     /// Extra tags on every task.
     pub tags: BTreeMap<String, String>,
     /// `platformVersion` (Fargate), if set.
@@ -153,6 +157,10 @@ impl fmt::Debug for EcsSettings {
             .field("memory", &self.memory)
             .field("runner_port", &self.runner_port)
             .field("secret_delivery", &self.secret_delivery)
+            .field(
+                "task_definition_secret",
+                &self.task_definition_secret.as_ref().map(|_| "<redacted>"),
+            )
             .field("tags", &self.tags)
             .field("platform_version", &self.platform_version)
             .field("poll", &self.poll)
@@ -215,6 +223,7 @@ pub struct EcsBackendBuilder {
     memory: Option<String>,
     runner_port: Option<u16>,
     secret_delivery: Option<SecretDelivery>,
+    task_definition_secret: Option<Secret>,
     tags: BTreeMap<String, String>,
     platform_version: Option<String>,
     poll: PollSettings,
@@ -225,6 +234,23 @@ pub struct EcsBackendBuilder {
     endpoint_url: Option<String>,
     credentials: Option<Credentials>,
     metadata_uri: Option<Option<String>>,
+}
+
+impl fmt::Debug for EcsBackendBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EcsBackendBuilder")
+            .field("cluster", &self.cluster)
+            .field("task_definition", &self.task_definition)
+            .field("container_name", &self.container_name)
+            .field("launch", &self.launch)
+            .field("subnets", &self.subnets)
+            .field("security_groups", &self.security_groups)
+            .field("runner_port", &self.runner_port)
+            .field("secret_delivery", &self.secret_delivery)
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .finish_non_exhaustive()
+    }
 }
 
 impl EcsBackendBuilder {
@@ -327,6 +353,14 @@ impl EcsBackendBuilder {
         self
     }
 
+    /// With [`SecretDelivery::TaskDefinition`]: the secret the runner's task definition
+    /// injects as `FLAME_SECRET` (the parent signs with it). Default: the parent's own
+    /// `FLAME_SECRET`.
+    pub fn task_definition_secret(mut self, secret: Secret) -> Self {
+        self.task_definition_secret = Some(secret);
+        self
+    }
+
     /// An extra tag on every task.
     pub fn tag(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.tags.insert(key.into(), value.into());
@@ -394,9 +428,142 @@ impl EcsBackendBuilder {
         self
     }
 
+    /// A builder with the `FLAME_ECS_*` variables of the process environment applied (see
+    /// [`EcsBackendBuilder::apply_lookup`]).
+    pub fn from_env() -> Result<Self> {
+        EcsBackendBuilder::new().apply_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Applies the `FLAME_ECS_*` variables `lookup` knows; unset or empty ones leave the
+    /// setting alone. A malformed value is a `CONFIG` error naming the variable.
+    ///
+    /// | variable | setting |
+    /// |---|---|
+    /// | `FLAME_ECS_CLUSTER` | [`cluster`](Self::cluster) |
+    /// | `FLAME_ECS_TASK_DEFINITION` | [`task_definition`](Self::task_definition) |
+    /// | `FLAME_ECS_CONTAINER` | [`container_name`](Self::container_name) |
+    /// | `FLAME_ECS_LAUNCH_TYPE` | `FARGATE`, `EC2` or `EXTERNAL` |
+    /// | `FLAME_ECS_CAPACITY_PROVIDERS` | `provider[:weight[:base]]`, comma-separated |
+    /// | `FLAME_ECS_SUBNETS`, `FLAME_ECS_SECURITY_GROUPS` | comma-separated ids |
+    /// | `FLAME_ECS_ASSIGN_PUBLIC_IP` | `true` / `false` |
+    /// | `FLAME_ECS_CPU`, `FLAME_ECS_MEMORY` | task-level overrides |
+    /// | `FLAME_ECS_PORT` | [`runner_port`](Self::runner_port) |
+    /// | `FLAME_ECS_SECRET_FROM_TASK_DEFINITION` | `true`: [`SecretDelivery::TaskDefinition`] |
+    ///
+    /// ```
+    /// use flame_backend_ecs::{EcsBackendBuilder, Launch};
+    /// let env = [("FLAME_ECS_CLUSTER", "jobs"), ("FLAME_ECS_CAPACITY_PROVIDERS", "FARGATE_SPOT:3,FARGATE:1:1")];
+    /// let lookup = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string());
+    /// let builder = EcsBackendBuilder::new().apply_lookup(lookup).unwrap();
+    /// # let _ = builder;
+    /// let bad = EcsBackendBuilder::new().apply_lookup(|k| (k == "FLAME_ECS_PORT").then(|| "http".into()));
+    /// assert!(bad.unwrap_err().message().contains("FLAME_ECS_PORT"));
+    /// ```
+    pub fn apply_lookup(mut self, lookup: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let get = |k: &str| lookup(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let bad = |k: &str, v: &str, what: &str| -> flame_core::Error {
+            EcsError::new(EcsErrorKind::Config, format!("{k}={v:?}: {what}")).into()
+        };
+        let list = |v: &str| -> Vec<String> {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        let flag = |k: &str, v: &str| -> Result<bool> {
+            match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => Ok(true),
+                "0" | "false" | "no" | "off" => Ok(false),
+                _ => Err(bad(k, v, "expected true or false")),
+            }
+        };
+        if let Some(v) = get("FLAME_ECS_CLUSTER") {
+            self.cluster = Some(v);
+        }
+        if let Some(v) = get("FLAME_ECS_TASK_DEFINITION") {
+            self.task_definition = Some(v);
+        }
+        if let Some(v) = get("FLAME_ECS_CONTAINER") {
+            self.container_name = Some(v);
+        }
+        if let Some(v) = get("FLAME_ECS_LAUNCH_TYPE") {
+            let t = v.to_ascii_uppercase();
+            if !matches!(t.as_str(), "FARGATE" | "EC2" | "EXTERNAL") {
+                return Err(bad(
+                    "FLAME_ECS_LAUNCH_TYPE",
+                    &v,
+                    "expected FARGATE, EC2 or EXTERNAL",
+                ));
+            }
+            self.launch = Some(Launch::LaunchType(t));
+        }
+        if let Some(v) = get("FLAME_ECS_CAPACITY_PROVIDERS") {
+            let mut items = Vec::new();
+            for item in list(&v) {
+                let mut parts = item.split(':');
+                let name = parts.next().unwrap_or_default().to_owned();
+                let mut number = |default: i32| -> Result<i32> {
+                    match parts.next() {
+                        None => Ok(default),
+                        Some(n) => n.trim().parse().map_err(|_| {
+                            bad(
+                                "FLAME_ECS_CAPACITY_PROVIDERS",
+                                &v,
+                                "expected provider[:weight[:base]]",
+                            )
+                        }),
+                    }
+                };
+                let weight = number(1)?;
+                let base = number(0)?;
+                items.push((name, weight, base));
+            }
+            if items.is_empty() {
+                return Err(bad("FLAME_ECS_CAPACITY_PROVIDERS", &v, "no provider named"));
+            }
+            self.launch = Some(Launch::CapacityProviders(items));
+        }
+        if let Some(v) = get("FLAME_ECS_SUBNETS") {
+            self.subnets = Some(list(&v));
+        }
+        if let Some(v) = get("FLAME_ECS_SECURITY_GROUPS") {
+            self.security_groups = list(&v);
+        }
+        if let Some(v) = get("FLAME_ECS_ASSIGN_PUBLIC_IP") {
+            self.assign_public_ip = flag("FLAME_ECS_ASSIGN_PUBLIC_IP", &v)?;
+        }
+        if let Some(v) = get("FLAME_ECS_CPU") {
+            self.cpu = Some(v);
+        }
+        if let Some(v) = get("FLAME_ECS_MEMORY") {
+            self.memory = Some(v);
+        }
+        if let Some(v) = get("FLAME_ECS_PORT") {
+            let port: u16 = v
+                .parse()
+                .map_err(|_| bad("FLAME_ECS_PORT", &v, "expected a port number"))?;
+            self.runner_port = Some(port);
+        }
+        if let Some(v) = get("FLAME_ECS_SECRET_FROM_TASK_DEFINITION") {
+            if flag("FLAME_ECS_SECRET_FROM_TASK_DEFINITION", &v)? {
+                self.secret_delivery = Some(SecretDelivery::TaskDefinition);
+            }
+        }
+        Ok(self)
+    }
+
     /// Loads the AWS configuration, fills defaults from the task metadata endpoint (when
     /// there is one) and checks the settings.
     pub async fn build(self) -> Result<EcsBackend> {
+        let metadata_uri = match self.metadata_uri.clone() {
+            Some(uri) => uri,
+            None => std::env::var(metadata::ENV).ok().filter(|v| !v.is_empty()),
+        };
+        if metadata_uri.is_none() {
+            // Off ECS nothing can fill these in: say so before touching any AWS provider.
+            self.check_required()?;
+        }
         let retry = RetryConfig::standard()
             .with_max_attempts(self.retry.max_attempts.max(1))
             .with_initial_backoff(self.retry.initial_backoff)
@@ -439,10 +606,6 @@ impl EcsBackendBuilder {
         }
         let client = aws_sdk_ecs::Client::from_conf(ecs.build());
 
-        let metadata_uri = match self.metadata_uri.clone() {
-            Some(uri) => uri,
-            None => std::env::var(metadata::ENV).ok().filter(|v| !v.is_empty()),
-        };
         let own = match metadata_uri {
             Some(uri) if self.needs_defaults() => Some(metadata::read_own_task(&uri).await?),
             _ => None,
@@ -469,6 +632,26 @@ impl EcsBackendBuilder {
         let subnets = self.subnets.clone().unwrap_or_default();
         let settings = self.settings(None, subnets)?;
         Ok(EcsBackend::from_parts(client, settings))
+    }
+
+    /// Checks that what only the task metadata could fill in is set.
+    fn check_required(&self) -> Result<()> {
+        for (missing, what) in [
+            (self.cluster.is_none(), "cluster"),
+            (self.task_definition.is_none(), "task definition"),
+        ] {
+            if missing {
+                return Err(EcsError::new(
+                    EcsErrorKind::Config,
+                    format!(
+                        "no {what}: set it on EcsBackend::builder() (or FLAME_ECS_*), or run the \
+                         parent on ECS so it defaults to the parent's own"
+                    ),
+                )
+                .into());
+            }
+        }
+        Ok(())
     }
 
     fn needs_defaults(&self) -> bool {
@@ -518,6 +701,27 @@ impl EcsBackendBuilder {
                 .into());
             }
         }
+        let secret_delivery = self.secret_delivery.unwrap_or(SecretDelivery::Overrides);
+        let task_definition_secret = match secret_delivery {
+            SecretDelivery::Overrides => None,
+            SecretDelivery::TaskDefinition => Some(
+                self.task_definition_secret
+                    .or_else(|| {
+                        std::env::var("FLAME_SECRET")
+                            .ok()
+                            .filter(|s| !s.is_empty())
+                            .map(Secret::new)
+                    })
+                    .ok_or_else(|| {
+                        flame_core::Error::from(EcsError::new(
+                            EcsErrorKind::Config,
+                            "SecretDelivery::TaskDefinition needs the secret the task definition \
+                             injects: set FLAME_SECRET in the parent (from the same secrets \
+                             entry) or call task_definition_secret()",
+                        ))
+                    })?,
+            ),
+        };
         Ok(EcsSettings {
             cluster,
             task_definition,
@@ -530,11 +734,98 @@ impl EcsBackendBuilder {
             cpu: self.cpu,
             memory: self.memory,
             runner_port: self.runner_port.unwrap_or(8080),
-            secret_delivery: self.secret_delivery.unwrap_or(SecretDelivery::Overrides),
+            secret_delivery,
+            task_definition_secret,
             tags: self.tags,
             platform_version: self.platform_version,
             poll: self.poll,
             resolver: self.resolver,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| (*v).to_owned())
+    }
+
+    #[test]
+    fn env_fills_every_setting() {
+        let b = EcsBackendBuilder::new()
+            .apply_lookup(lookup(&[
+                ("FLAME_ECS_CLUSTER", "jobs"),
+                ("FLAME_ECS_TASK_DEFINITION", "app:7"),
+                ("FLAME_ECS_CONTAINER", "web"),
+                ("FLAME_ECS_CAPACITY_PROVIDERS", "FARGATE_SPOT:3, FARGATE:1:2"),
+                ("FLAME_ECS_SUBNETS", "subnet-a, subnet-b"),
+                ("FLAME_ECS_SECURITY_GROUPS", "sg-1"),
+                ("FLAME_ECS_ASSIGN_PUBLIC_IP", "true"),
+                ("FLAME_ECS_CPU", "1024"),
+                ("FLAME_ECS_MEMORY", "2048"),
+                ("FLAME_ECS_PORT", "9000"),
+                ("FLAME_ECS_SECRET_FROM_TASK_DEFINITION", "yes"),
+            ]))
+            .unwrap()
+            .task_definition_secret(Secret::new("s"));
+        let s = b
+            .settings(None, vec!["subnet-a".into(), "subnet-b".into()])
+            .unwrap();
+        assert_eq!(s.cluster, "jobs");
+        assert_eq!(s.task_definition, "app:7");
+        assert_eq!(s.container_name.as_deref(), Some("web"));
+        assert_eq!(
+            s.launch,
+            Launch::CapacityProviders(vec![("FARGATE_SPOT".into(), 3, 0), ("FARGATE".into(), 1, 2)])
+        );
+        assert_eq!(s.security_groups, ["sg-1"]);
+        assert!(s.assign_public_ip);
+        assert_eq!(s.cpu.as_deref(), Some("1024"));
+        assert_eq!(s.memory.as_deref(), Some("2048"));
+        assert_eq!(s.runner_port, 9000);
+        assert_eq!(s.secret_delivery, SecretDelivery::TaskDefinition);
+        assert!(
+            !format!("{s:?}").contains("\"s\""),
+            "the secret is redacted in Debug"
+        );
+    }
+
+    #[test]
+    fn malformed_env_values_name_the_variable() {
+        for (k, v) in [
+            ("FLAME_ECS_LAUNCH_TYPE", "LAMBDA"),
+            ("FLAME_ECS_PORT", "99999"),
+            ("FLAME_ECS_ASSIGN_PUBLIC_IP", "maybe"),
+            ("FLAME_ECS_CAPACITY_PROVIDERS", "FARGATE:x"),
+        ] {
+            let err = EcsBackendBuilder::new()
+                .apply_lookup(move |n| (n == k).then(|| v.to_owned()))
+                .err()
+                .unwrap_or_else(|| panic!("{k}={v} accepted"));
+            assert_eq!(err.code(), flame_core::ErrorCode::Config);
+            assert!(err.message().contains(k), "{err}");
+        }
+    }
+
+    #[test]
+    fn default_url_brackets_ipv6() {
+        let s = EcsBackendBuilder::new()
+            .cluster("c")
+            .task_definition("t")
+            .settings(None, vec![])
+            .unwrap();
+        let mut a = RunnerAddress {
+            runner_id: "r".into(),
+            backend_id: "arn".into(),
+            host: Some("10.0.1.2".into()),
+            port: 8080,
+        };
+        assert_eq!(s.runner_url(&a).as_deref(), Some("http://10.0.1.2:8080"));
+        a.host = Some("fd00::5".into());
+        assert_eq!(s.runner_url(&a).as_deref(), Some("http://[fd00::5]:8080"));
+        a.host = None;
+        assert_eq!(s.runner_url(&a), None);
     }
 }

@@ -9,22 +9,27 @@
 //!
 //! ```no_run
 //! use flame_backend_ecs::{EcsBackend, SecretDelivery};
-//! use flame_core::{Context, Flame, Method, PoolConfig, Registry};
+//! use flame_core::{Context, Flame, Method, Mode, PoolConfig, Registry};
+//! use std::time::Duration;
 //!
 //! const ADD: Method<(i64, i64), i64> = Method::new("math", "add");
 //!
 //! # async fn run() -> flame_core::Result<()> {
+//! let registry = Registry::new().handle(ADD, |_: Context, (a, b): (i64, i64)| async move { Ok(a + b) });
 //! // On ECS, cluster, task definition, container, launch type and subnets default to the
-//! // parent's own task; off ECS, name them.
+//! // parent's own task; off ECS, name them (or set FLAME_ECS_* and use from_env()).
 //! let backend = EcsBackend::builder()
 //!     .security_groups(["sg-0runners"])
 //!     .secret_delivery(SecretDelivery::TaskDefinition)
 //!     .build()
 //!     .await?;
-//! # let _ = backend;
-//! let registry = Registry::new().handle(ADD, |_: Context, (a, b): (i64, i64)| async move { Ok(a + b) });
-//! let flame = Flame::builder(registry).from_env()?.start().await?;
-//! # let _ = PoolConfig::default();
+//! let flame = Flame::builder(registry)
+//!     .default_mode(Mode::Parent)
+//!     .backend(backend)
+//!     .pool("default", PoolConfig::default().max(4).boot_timeout(Duration::from_secs(120)))
+//!     .from_env()?
+//!     .start() // in a runner task (FLAME_MODE=runner) this serves instead
+//!     .await?;
 //! assert_eq!(flame.call(ADD, (2, 3)).await?, 5);
 //! flame.shutdown().await
 //! # }

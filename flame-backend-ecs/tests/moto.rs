@@ -135,36 +135,72 @@ async fn moto_run_task_arguments_as_sent() {
     backend.terminate(&handle).await.unwrap();
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn moto_secret_from_task_definition_stays_out_of_overrides() {
     if !moto_available().await {
         return;
     }
     let world = MotoWorld::new("secret").await;
-    let runners = Runners::new();
+    // The task definition's `secrets` give the runner this FLAME_SECRET.
+    let td_secret = flame_core::Secret::new("from-secrets-manager");
+    let runners = common::tasks::TaskRunners::start_with(&world, Some(td_secret.clone()));
     let backend = world
         .builder()
         .resolver(runners.resolver())
         .secret_delivery(SecretDelivery::TaskDefinition)
+        .task_definition_secret(td_secret.clone())
         .build()
         .await
         .unwrap();
-    let handle = backend
-        .spawn(request("secret", "p", runners.prober(), BOOT))
-        .await
-        .unwrap();
+    let req = request("secret", "p", runners.transport(), BOOT);
+    let handle = backend.spawn(req.clone()).await.unwrap();
     let task = world.describe(&handle.backend_id).await;
     let container = &task.overrides().unwrap().container_overrides()[0];
-    let names: Vec<_> = container
+    let env: Vec<_> = container
         .environment()
         .iter()
-        .filter_map(|kv| kv.name())
+        .map(|kv| (kv.name().unwrap(), kv.value().unwrap()))
         .collect();
-    assert!(names.contains(&"FLAME_MODE"), "{names:?}");
-    assert!(!names.contains(&"FLAME_SECRET"), "{names:?}");
-    // The parent still signs with the secret: the endpoint carries it.
-    assert!(handle.endpoint.secret.is_some());
+    assert!(env.iter().any(|(k, _)| *k == "FLAME_MODE"), "{env:?}");
+    assert!(!env.iter().any(|(k, _)| *k == "FLAME_SECRET"), "{env:?}");
+    let secret_text = td_secret.expose();
+    assert!(!env.iter().any(|(_, v)| v.contains(secret_text)), "{env:?}");
+    // The parent signs with the task definition's secret, and a real signed call works.
+    assert_eq!(
+        handle.endpoint.secret.as_ref().map(|s| s.expose()),
+        Some(secret_text)
+    );
+    assert_eq!(
+        add(runners.transport().as_ref(), &handle.endpoint, 40, 2).await,
+        42
+    );
+    // Signed with the pool's own (different) secret, the runner refuses.
+    let wrong = handle.endpoint.clone().with_secret(req.secret.clone());
+    let inv = flame_core::Invocation {
+        service_id: "math".into(),
+        method_id: "add".into(),
+        args: flame_core::codec::encode_args(&(1i64, 1i64)).unwrap(),
+        deadline: None,
+        idempotency_key: None,
+        trace: Default::default(),
+        attempt: 1,
+    };
+    let err = runners.transport().invoke(&wrong, &inv).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unauthorized, "{err}");
     backend.terminate(&handle).await.unwrap();
+
+    // Without a secret to sign with, TaskDefinition delivery is a config error at build time
+    // (unless the parent's FLAME_SECRET is set, which this test process does not do).
+    if std::env::var("FLAME_SECRET").is_err() {
+        let err = world
+            .builder()
+            .secret_delivery(SecretDelivery::TaskDefinition)
+            .build()
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), ErrorCode::Config);
+        assert!(err.message().contains("task_definition_secret"), "{err}");
+    }
 }
 
 #[tokio::test]

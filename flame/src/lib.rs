@@ -33,6 +33,15 @@ pub mod fly {
 #[cfg(feature = "fly")]
 pub use flame_backend_fly::FlyBackend;
 
+/// The AWS ECS backend (feature `ecs`): each runner is an ECS task of the parent's own task
+/// definition (or a named one), started with RunTask. See [`ecs::EcsBackend`].
+#[cfg(feature = "ecs")]
+pub mod ecs {
+    pub use flame_backend_ecs::*;
+}
+#[cfg(feature = "ecs")]
+pub use flame_backend_ecs::EcsBackend;
+
 /// The Docker backend (feature `docker`): each runner is a container started through dockerd,
 /// from the parent's own image when it runs in a container. See [`docker::DockerBackend`].
 #[cfg(feature = "docker")]

@@ -447,12 +447,20 @@ pub mod tasks {
         /// Runner URL → task ARN.
         urls: Arc<Mutex<HashMap<String, String>>>,
         http: HttpTransport,
+        /// What the task definition's `secrets` inject as FLAME_SECRET, if anything.
+        injected_secret: Option<flame_core::Secret>,
         pub started: Arc<Mutex<Vec<String>>>,
     }
 
     impl TaskRunners {
         /// Starts the agent for `world`'s cluster (it ends with the test's runtime).
         pub fn start(world: &MotoWorld) -> TaskRunners {
+            Self::start_with(world, None)
+        }
+
+        /// Like [`TaskRunners::start`], for a task definition whose `secrets` inject
+        /// `FLAME_SECRET` (the ECS agent sets it in the container, overriding nothing else).
+        pub fn start_with(world: &MotoWorld, injected_secret: Option<flame_core::Secret>) -> TaskRunners {
             let (tx, mut rx) = mpsc::unbounded_channel::<(RunnerAddress, u16)>();
             let me = TaskRunners {
                 client: world.client.clone(),
@@ -460,6 +468,7 @@ pub mod tasks {
                 tx,
                 urls: Default::default(),
                 http: HttpTransport::new(),
+                injected_secret,
                 started: Default::default(),
             };
             let agent = me.clone();
@@ -524,6 +533,9 @@ pub mod tasks {
                 return;
             };
             env.insert("FLAME_LISTEN".into(), format!("127.0.0.1:{port}"));
+            if let Some(secret) = &self.injected_secret {
+                env.insert("FLAME_SECRET".into(), secret.expose().to_owned());
+            }
             let config = Config::from_lookup(|k| env.get(k).cloned()).unwrap();
             let runner_id = env
                 .get("FLAME_RUNNER_ID")
