@@ -1,5 +1,6 @@
 //! Spawn → first result for a Docker runner: `spawn` (create, start, `FLAME_READY` from the
-//! log stream, ping until healthy) plus the first `math/add` call, then `terminate`.
+//! log stream, ping until healthy) plus the first `math/add` call, then `terminate`; and the
+//! same through flame's elastic pool (a cold pool's first call boots a runner container).
 //!
 //! ```sh
 //! cargo test -p flame-backend-docker            # builds the docker_runner example
@@ -14,7 +15,8 @@
 mod common;
 
 use common::*;
-use flame_core::Backend;
+use flame_core::{Backend, Context, Flame, Method, Mode, PoolConfig, Registry};
+use flame_http::HttpExt;
 use std::time::{Duration, Instant};
 
 fn summary(name: &str, mut samples: Vec<Duration>) {
@@ -70,9 +72,35 @@ async fn main() {
         backend.terminate(&handle).await.unwrap();
         terminate.push(t2.elapsed());
     }
+    // Through the pool: a parent whose pool has no runner yet makes its first call.
+    const ADD: Method<(i64, i64), i64> = Method::new("math", "add");
+    let mut pool_first = vec![];
+    for _ in 0..rounds {
+        let registry =
+            Registry::new().handle(ADD, |_ctx: Context, (a, b): (i64, i64)| async move { Ok(a + b) });
+        let flame = Flame::builder(registry)
+            .http()
+            .mode(Mode::Parent)
+            .app(app.clone())
+            .handle_signals(false)
+            .pool(
+                "default",
+                PoolConfig::default().max(1).boot_timeout(Duration::from_secs(30)),
+            )
+            .backend(backend.clone())
+            .start()
+            .await
+            .unwrap();
+        let t0 = Instant::now();
+        assert_eq!(flame.call(ADD, (2, 3)).await.unwrap(), 5);
+        pool_first.push(t0.elapsed());
+        flame.shutdown().await.unwrap();
+    }
+
     println!("Docker runner ({}), {rounds} rounds:", backend.docker_host());
     summary("spawn (until ping ok)", spawn);
     summary("spawn -> first result", first);
     summary("a later call", second);
     summary("terminate (stop + remove)", terminate);
+    summary("pool: cold first call", pool_first);
 }
