@@ -104,7 +104,7 @@ async fn parent(args: &[String]) -> Result<(), Error> {
             // Keep the runner's failsafe fed, as a pool's health pings do, until killed.
             let transport = HttpTransport::new();
             loop {
-                tokio::time::sleep(Duration::from_millis(timeout_ms / 4)).await;
+                tokio::time::sleep(Duration::from_millis(timeout_ms / 5)).await;
                 if let Err(e) = flame_core::Transport::ping(&transport, &handle.endpoint).await {
                     eprintln!("ping failed: {e}");
                 }

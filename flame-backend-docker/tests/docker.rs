@@ -370,7 +370,7 @@ async fn parent_killed_leaves_no_container_after_the_failsafe_window() {
     let app = unique_app("kill9");
     let _cleanup = Cleanup::new(&app);
     let image = runner_image();
-    let parent_timeout_ms = 3_000u64;
+    let parent_timeout_ms = 5_000u64;
     let mut parent = tokio::process::Command::new(runner_binary())
         .args([
             "hold",
