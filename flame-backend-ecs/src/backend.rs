@@ -549,9 +549,10 @@ impl EcsBackend {
                 })
             }
             Err(e) => {
-                guard.disarm();
                 let reason = format!("flame: spawn failed: {}", e.message());
                 self.stop_after_failure(&arn, &reason).await;
+                // Disarmed only now: a spawn dropped during this StopTask still stops the task.
+                guard.disarm();
                 Err(e)
             }
         }
@@ -729,27 +730,33 @@ fn stop_description(task: &Task) -> String {
 /// The task's private address: the ENI attachment first (moto fills only that), then the
 /// containers' network interfaces.
 fn task_ip(task: &Task) -> Option<String> {
-    let from_attachment = task
+    let details: Vec<_> = task
         .attachments()
         .iter()
         .filter(|a| a.r#type() == Some("ElasticNetworkInterface"))
         .flat_map(|a| a.details())
-        .find(|d| {
-            matches!(d.name(), Some("privateIPv4Address") | Some("privateIPv6Address"))
-                && d.value().is_some_and(|v| !v.is_empty())
-        })
-        .and_then(|d| d.value().map(str::to_owned));
-    from_attachment.or_else(|| {
-        task.containers()
+        .collect();
+    let detail = |name: &str| {
+        details
             .iter()
-            .flat_map(|c| c.network_interfaces())
-            .find_map(|n| {
-                n.private_ipv4_address()
-                    .or(n.ipv6_address())
-                    .filter(|v| !v.is_empty())
-                    .map(str::to_owned)
-            })
-    })
+            .find(|d| d.name() == Some(name))
+            .and_then(|d| d.value())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    detail("privateIPv4Address")
+        .or_else(|| detail("ipv6Address"))
+        .or_else(|| {
+            task.containers()
+                .iter()
+                .flat_map(|c| c.network_interfaces())
+                .find_map(|n| {
+                    n.private_ipv4_address()
+                        .or(n.ipv6_address())
+                        .filter(|v| !v.is_empty())
+                        .map(str::to_owned)
+                })
+        })
 }
 
 fn tag_map(task: &Task) -> BTreeMap<&str, &str> {
@@ -887,6 +894,17 @@ mod tests {
         assert_eq!(task_ip(&t).as_deref(), Some("10.1.2.3"));
         let t = Task::builder().attachments(eni(Some("10.9.9.9"))).build();
         assert_eq!(task_ip(&t).as_deref(), Some("10.9.9.9"));
+        let v6 = Attachment::builder()
+            .r#type("ElasticNetworkInterface")
+            .details(
+                KeyValuePair::builder()
+                    .name("ipv6Address")
+                    .value("fd00::7")
+                    .build(),
+            )
+            .build();
+        let t = Task::builder().attachments(v6).build();
+        assert_eq!(task_ip(&t).as_deref(), Some("fd00::7"));
     }
 
     #[test]

@@ -125,7 +125,7 @@ pub fn fast_retry() -> RetrySettings {
         max_attempts: 3,
         initial_backoff: Duration::from_millis(10),
         max_backoff: Duration::from_millis(40),
-        attempt_timeout: Duration::from_secs(2),
+        attempt_timeout: Duration::from_secs(5),
         connect_timeout: Duration::from_secs(1),
     }
 }
