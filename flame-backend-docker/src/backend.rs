@@ -129,7 +129,9 @@ impl DockerBackendBuilder {
         self
     }
 
-    /// GPUs for each runner (Docker device requests, driver `nvidia`, capability `gpu`).
+    /// GPUs for each runner: a Docker device request with capability `gpu`, as
+    /// `docker run --gpus` makes it (the engine needs a GPU runtime such as
+    /// nvidia-container-toolkit; without one, spawn fails with a non-retryable `BACKEND` error).
     pub fn gpus(mut self, gpus: Gpus) -> Self {
         self.gpus = Some(gpus);
         self
@@ -537,7 +539,9 @@ impl DockerBackend {
                 Gpus::Devices(ids) => (None, Some(ids.clone())),
             };
             vec![DeviceRequest {
-                driver: Some("nvidia".into()),
+                // As `docker run --gpus`: no driver named, the engine picks the one that
+                // offers the `gpu` capability (nvidia-container-toolkit).
+                driver: None,
                 count,
                 device_ids,
                 capabilities: Some(vec![vec!["gpu".into()]]),
@@ -1020,6 +1024,7 @@ mod tests {
         let gpu = &host.device_requests.unwrap()[0];
         assert_eq!(gpu.count, Some(2));
         assert_eq!(gpu.capabilities, Some(vec![vec!["gpu".to_owned()]]));
+        assert_eq!(gpu.driver, None, "like the CLI, the engine picks the driver");
         let all = build(Gpus::All).container_body(&request(), &target());
         assert_eq!(
             all.host_config.unwrap().device_requests.unwrap()[0].count,
