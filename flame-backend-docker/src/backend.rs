@@ -4,10 +4,12 @@ use crate::config::{
     Gpus, Limits, Network, PullPolicy, DEFAULT_API_TIMEOUT, DEFAULT_RUNNER_PORT, DEFAULT_STOP_GRACE,
 };
 use crate::detect;
-use crate::error::{engine_error, is_conflict, is_not_found};
+use crate::error::{engine_error, is_conflict, is_not_found, status_of};
 use async_trait::async_trait;
 use bollard::container::LogOutput;
-use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, DeviceRequest, HostConfig};
+use bollard::models::{
+    ContainerCreateBody, ContainerStateStatusEnum, DeviceRequest, HostConfig, HostConfigLogConfig,
+};
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
@@ -50,6 +52,8 @@ pub struct DockerBackendBuilder {
     stop_grace: Duration,
     api_timeout: Duration,
     init: bool,
+    log_driver: Option<String>,
+    log_options: BTreeMap<String, String>,
     resolver: Option<AddressResolver>,
 }
 
@@ -177,6 +181,22 @@ impl DockerBackendBuilder {
         self
     }
 
+    /// The logging driver of runner containers (`--log-driver`; default: the engine's). The
+    /// backend reads the runner's `FLAME_READY <url>` line from its logs, so with
+    /// [`Network::Host`] the driver must be readable (`json-file`, `local`, or any driver with
+    /// Docker's dual logging); on a [`Network::Named`] network an unreadable driver (`none`)
+    /// works too, as the runner's port is known.
+    pub fn log_driver(mut self, driver: impl Into<String>) -> Self {
+        self.log_driver = Some(driver.into());
+        self
+    }
+
+    /// An option of the logging driver (`--log-opt key=value`, e.g. `max-size=10m`).
+    pub fn log_option(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.log_options.insert(key.into(), value.into());
+        self
+    }
+
     /// Bound on each dockerd request (default 60 s; `terminate`'s stop gets the stop grace on
     /// top).
     pub fn api_timeout(mut self, timeout: Duration) -> Self {
@@ -292,6 +312,8 @@ impl DockerBackend {
             stop_grace: DEFAULT_STOP_GRACE,
             api_timeout: DEFAULT_API_TIMEOUT,
             init: true,
+            log_driver: None,
+            log_options: BTreeMap::new(),
             resolver: None,
         }
     }
@@ -566,6 +588,10 @@ impl DockerBackend {
                 nano_cpus: s.limits.nano_cpus,
                 device_requests,
                 init: Some(s.init),
+                log_config: s.log_driver.as_ref().map(|driver| HostConfigLogConfig {
+                    typ: Some(driver.clone()),
+                    config: (!s.log_options.is_empty()).then(|| s.log_options.clone().into_iter().collect()),
+                }),
                 ..Default::default()
             }),
             ..Default::default()
@@ -573,8 +599,8 @@ impl DockerBackend {
     }
 
     /// Follows the container's output until the runner announces `FLAME_READY <url>`; fails
-    /// if the container ends first.
-    async fn announced_url(&self, docker: &Docker, id: &str) -> Result<String> {
+    /// if the container ends first. `None`: the container's log driver cannot be read.
+    async fn announced_url(&self, docker: &Docker, id: &str) -> Result<Option<String>> {
         let options = LogsOptionsBuilder::new()
             .follow(true)
             .stdout(true)
@@ -590,13 +616,15 @@ impl DockerBackend {
                 | Ok(LogOutput::Console { message }) => message,
                 Ok(LogOutput::StdIn { .. }) => continue,
                 Err(e) if is_not_found(&e) => break,
+                // "configured logging driver does not support reading"
+                Err(e) if status_of(&e) == Some(501) => return Ok(None),
                 Err(e) => return Err(engine_error("follow the runner's output", &self.inner.host, e)),
             };
             partial.push_str(&String::from_utf8_lossy(&bytes));
             while let Some(nl) = partial.find('\n') {
                 let line: String = partial.drain(..=nl).collect();
                 if let Some(url) = detect::ready_url(&line) {
-                    return Ok(url.to_owned());
+                    return Ok(Some(url.to_owned()));
                 }
                 tail.push_back(line.trim_end().to_owned());
                 if tail.len() > TAIL_LINES {
@@ -606,7 +634,7 @@ impl DockerBackend {
         }
         if !partial.trim().is_empty() {
             if let Some(url) = detect::ready_url(&partial) {
-                return Ok(url.to_owned());
+                return Ok(Some(url.to_owned()));
             }
             tail.push_back(partial.trim_end().to_owned());
         }
@@ -706,6 +734,22 @@ impl DockerBackend {
         let announced = tokio::time::timeout_at(deadline, self.announced_url(docker, id))
             .await
             .map_err(|_| spawn_timeout(request, id, "it did not announce `FLAME_READY <url>`"))??;
+        let announced = match (announced, &self.inner.settings.network) {
+            (Some(url), _) => url,
+            // Unreadable logs: on a named network the port is known; ping tells readiness.
+            (None, Network::Named(_)) => format!("http://0.0.0.0:{}", self.inner.settings.runner_port),
+            (None, Network::Host) => {
+                return Err(Error::backend(
+                    format!(
+                        "the log driver of runner container {} cannot be read, so its `FLAME_READY <url>` \
+                         line (and port) is unknown: use a readable log driver (json-file, local, or \
+                         dual logging; DockerBackendBuilder::log_driver) or a named network",
+                        short(id)
+                    ),
+                    false,
+                ))
+            }
+        };
         let url = self.runner_url(docker, request, id, &announced).await?;
         let endpoint = Endpoint::new(url, request.runner_id.clone()).with_secret(request.secret.clone());
         let mut delay = Duration::from_millis(20);
@@ -1001,6 +1045,17 @@ mod tests {
         assert_eq!(host.nano_cpus, Some(1_500_000_000));
         assert_eq!(host.device_requests, None);
         assert_eq!(host.init, Some(true));
+        assert!(host.log_config.is_none(), "the engine's log driver by default");
+        let rotated = DockerBackend::builder()
+            .image("img:1")
+            .log_driver("local")
+            .log_option("max-size", "10m")
+            .build()
+            .unwrap()
+            .container_body(&request(), &target());
+        let log = rotated.host_config.unwrap().log_config.unwrap();
+        assert_eq!(log.typ.as_deref(), Some("local"));
+        assert_eq!(log.config.unwrap()["max-size"], "10m");
     }
 
     #[test]

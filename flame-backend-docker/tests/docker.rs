@@ -603,6 +603,7 @@ async fn named_network_reports_the_container_address_to_the_resolver() {
     .await
     .unwrap();
     let local_url = bound.url();
+    let seen_url = local_url.clone();
     let stop = tokio_util::sync::CancellationToken::new();
     let server = tokio::spawn(bound.run(stop.clone()));
 
@@ -617,8 +618,24 @@ async fn named_network_reports_the_container_address_to_the_resolver() {
         }))
         .build()
         .unwrap();
-    let handle = backend.spawn(request).await.unwrap();
+    let handle = backend.spawn(request.clone()).await.unwrap();
     let address = seen.lock().unwrap()[0].clone();
+
+    // With a log driver that cannot be read, the known port stands in for `FLAME_READY`.
+    let silent = backend_builder()
+        .network(Network::Named(network.clone()))
+        .runner_port(8088)
+        .log_driver("none")
+        .address_resolver(Arc::new({
+            let url = seen_url.clone();
+            move |_: &RunnerAddress| Some(url.clone())
+        }))
+        .build()
+        .unwrap();
+    let mut quiet = request.clone();
+    quiet.runner_id = format!("{}-quiet", request.runner_id);
+    let quiet = silent.spawn(quiet).await.unwrap();
+    silent.terminate(&quiet).await.unwrap();
 
     let info = Docker::connect_with_defaults()
         .unwrap()
@@ -869,4 +886,24 @@ async fn dockerd_killed_mid_test_gives_typed_errors_and_no_leak() {
         String::from_utf8_lossy(&left.stdout)
     );
     tokio::task::spawn_blocking(move || drop(engine)).await.unwrap();
+}
+
+/// With host networking the port is only known from the runner's `FLAME_READY` line: a log
+/// driver that cannot be read is a typed, non-retryable error that says so, and leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_log_driver_on_host_network_is_a_typed_error() {
+    if !docker_available() {
+        return;
+    }
+    let app = unique_app("no-logs");
+    let _cleanup = Cleanup::new(&app);
+    let backend = backend_builder().log_driver("none").build().unwrap();
+    let err = backend
+        .spawn(spawn_request(&app, "parent-1", Duration::from_secs(20)))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Backend, "{err}");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.message().contains("log driver"), "{err}");
+    assert!(wait_no_containers(&app, Duration::from_secs(10)).await);
 }
