@@ -7,7 +7,18 @@ set -euo pipefail
 
 if ! command -v dockerd >/dev/null 2>&1; then
   apt-get update
+  # Keep the package from starting a daemon of its own (no init system here): we start
+  # dockerd below, with the flags the tests expect.
+  flame_docker_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod +x /usr/sbin/policy-rc.d
+    flame_docker_policy=1
+  fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y docker.io
+  if [ "$flame_docker_policy" = 1 ]; then
+    rm -f /usr/sbin/policy-rc.d
+  fi
 fi
 
 if ! docker info >/dev/null 2>&1; then
