@@ -42,6 +42,31 @@ async fn our_parent_passes_against_the_reference_runner_signed() {
         ok && out.contains("E2E_OK"),
         "interop parent failed:\n{out}\n{err}"
     );
+
+    // Our transport maps the reference runner's replies and statuses to typed errors.
+    use flame_core::{Endpoint, ErrorCode, Invocation, Secret, Transport};
+    let t = flame_http::HttpTransport::new();
+    let ep = Endpoint::new(url.clone(), "ts").with_secret(Some(Secret::new(SECRET)));
+    let call = |service: &str, method: &str| Invocation {
+        service_id: service.into(),
+        method_id: method.into(),
+        args: r#"{"json":[]}"#.into(),
+        deadline: Some(tokio::time::Instant::now() + std::time::Duration::from_secs(10)),
+        idempotency_key: Some("k-1".into()),
+        trace: [(
+            "traceparent".to_owned(),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned(),
+        )]
+        .into(),
+        attempt: 1,
+    };
+    let pong = t.invoke(&ep, &call("utils", "ping")).await.unwrap();
+    assert_eq!(flame_core::codec::decode_result::<String>(&pong).unwrap(), "pong");
+    let err = t.invoke(&ep, &call("utils", "nope")).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::NotFound, "{err}");
+    let wrong = Endpoint::new(url.clone(), "ts").with_secret(Some(Secret::new("nope")));
+    let err = t.invoke(&wrong, &call("utils", "ping")).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Unauthorized, "{err}");
     drop(runner);
 }
 

@@ -8,8 +8,14 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 
-/// The `interop` example binary, built (or found up to date) for this test's profile.
+/// The `interop` example binary, built (or found up to date) for this test's profile, once per
+/// test binary.
 pub fn interop_binary() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(build_interop).clone()
+}
+
+fn build_interop() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     // <target>/<profile>/deps/<test>
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
@@ -20,7 +26,9 @@ pub fn interop_binary() -> PathBuf {
         .or(option_env!("CARGO").map(str::to_owned))
         .unwrap_or_else(|| "cargo".into());
     let mut cmd = std::process::Command::new(cargo);
-    cmd.args(["build", "--quiet", "-p", "flame-examples", "--example", "interop"])
+    // `--workspace` unifies features as `cargo test --workspace` does, so after it this is
+    // a no-op instead of a rebuild with other features.
+    cmd.args(["build", "--quiet", "--workspace", "--example", "interop"])
         .env("CARGO_TARGET_DIR", &target_dir)
         .current_dir(env!("CARGO_MANIFEST_DIR"));
     if release {
