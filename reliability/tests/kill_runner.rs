@@ -17,12 +17,15 @@ use std::time::{Duration, Instant};
 
 const IN_FLIGHT: usize = 1000;
 
+/// The two scenarios run one after the other: each holds 1000 calls on 4 runners.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn pool() -> PoolConfig {
     PoolConfig::default()
         .min(4)
         .max(4)
         .max_concurrency(250)
-        .health_interval(Duration::from_millis(500))
+        .health_interval(Duration::from_secs(2))
 }
 
 async fn ready(p: &Parent) {
@@ -47,6 +50,16 @@ async fn all_in_flight(p: &Parent, n: usize) {
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
+async fn no_runner_left(p: &Parent) {
+    p.flame.shutdown().await.unwrap();
+    let gone = wait_until_async(Duration::from_secs(15), || p.runner_pids().is_empty()).await;
+    assert!(
+        gone.is_some(),
+        "runners left after shutdown: {:?}",
+        p.runner_pids()
+    );
+}
+
 async fn replaced(p: &Parent, victim: u32) {
     let back = wait_until_async(Duration::from_secs(30), || {
         let pids = p.runner_pids();
@@ -63,6 +76,7 @@ async fn replaced(p: &Parent, victim: u32) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_with_1000_calls_in_flight_every_caller_resolves_before_its_deadline() {
+    let _serial = SERIAL.lock().await;
     let p = parent(pool(), &[]).await;
     let _cleanup = KillByEnv::new("FLAME_PARENT_ID", p.parent_id());
     ready(&p).await;
@@ -120,11 +134,12 @@ async fn kill_9_with_1000_calls_in_flight_every_caller_resolves_before_its_deadl
         "{retryable} errors, the victim held at most 250 calls"
     );
     replaced(&p, victim).await;
-    p.flame.shutdown().await.unwrap();
+    no_runner_left(&p).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn kill_9_with_keys_and_retries_every_call_completes_and_no_key_runs_twice_on_a_runner() {
+    let _serial = SERIAL.lock().await;
     let p = parent(pool(), &[]).await;
     let _cleanup = KillByEnv::new("FLAME_PARENT_ID", p.parent_id());
     ready(&p).await;
@@ -177,5 +192,5 @@ async fn kill_9_with_keys_and_retries_every_call_completes_and_no_key_runs_twice
     );
     assert!(moved <= 250);
     replaced(&p, victim).await;
-    p.flame.shutdown().await.unwrap();
+    no_runner_left(&p).await;
 }

@@ -22,7 +22,7 @@ async fn ten_thousand_concurrent_calls_resolve_exactly_once_with_bounded_memory(
         PoolConfig::default()
             .max(4)
             .max_concurrency(100)
-            .health_interval(Duration::from_secs(1)),
+            .health_interval(Duration::from_secs(2)),
         &[],
     )
     .await;
