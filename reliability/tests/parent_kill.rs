@@ -2,7 +2,9 @@
 //! runner is gone within the failsafe window (`FLAME_PARENT_TIMEOUT=2000`), and a restarted
 //! parent's `reap` finds nothing left — or ends a runner that survived.
 //!
-//! Related tests elsewhere (not repeated here): the Docker variant
+//! Related tests elsewhere: the kill -9 / SIGSTOP / SIGTERM of a parent of `interop` runners
+//! (`examples/tests/parent_death.rs`; this file adds the restarted parent's `reap`), the Docker
+//! variant
 //! (`flame-backend-docker/tests/docker.rs::parent_killed_leaves_no_container_after_the_failsafe_window`),
 //! a runner whose parent goes silent without dying
 //! (`examples/tests/local_process.rs::a_runner_whose_parent_goes_silent_exits_on_its_own`).
