@@ -586,6 +586,7 @@ impl Flame {
         Req: Serialize + Send + 'static,
         Resp: DeserializeOwned + Send + 'static,
     {
+        let timeout = deadline.saturating_duration_since(Instant::now());
         let pool_name = options
             .pool
             .as_deref()
@@ -614,7 +615,7 @@ impl Flame {
         };
         let mut delays = backoff(options.retries);
         loop {
-            let err = match attempt(pool.as_ref(), transport.as_ref(), &invocation, deadline).await {
+            let err = match attempt(pool.as_ref(), transport.as_ref(), &invocation, deadline, timeout).await {
                 Ok(text) => return codec::decode_result(&text),
                 Err(e) => e,
             };
@@ -662,12 +663,24 @@ async fn attempt(
     transport: &dyn Transport,
     invocation: &Invocation,
     deadline: Instant,
+    timeout: Duration,
 ) -> Result<String> {
     let lease = pool
         .checkout(&CheckoutOptions {
             deadline: Some(deadline),
         })
         .await?;
+    // The caller waited for a runner to boot: its timeout covers the call, not the boot.
+    let rebased;
+    let (invocation, deadline) = if lease.fresh_runner() {
+        let d = deadline.max(Instant::now() + timeout);
+        let mut inv = invocation.clone();
+        inv.deadline = Some(d);
+        rebased = inv;
+        (&rebased, d)
+    } else {
+        (invocation, deadline)
+    };
     let result = tokio::select! {
         r = transport.invoke(lease.endpoint(), invocation) => r,
         _ = lease.lost().cancelled() => Err(Error::transport(format!(

@@ -684,20 +684,28 @@ impl Shared {
             shared: self,
             id: Some(id),
         };
-        let outcome = match options.deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, rx).await,
-            None => Ok(rx.await),
+        let mut rx = rx;
+        let mut outcome = match options.deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline, &mut rx).await.ok(),
+            None => Some((&mut rx).await),
         };
+        if outcome.is_none() && self.lock().booting > 0 {
+            // A call's timeout covers the call, not a runner's boot: while runners boot, wait
+            // for them (bounded by the boot timeout) rather than fail — Elixir FLAME's calls
+            // fail during boot when their timeout is shorter than `boot_timeout`.
+            let limit = self.config.boot_timeout + BOOT_SLACK;
+            outcome = tokio::time::timeout(limit, &mut rx).await.ok();
+        }
         match outcome {
-            Ok(Ok(grant)) => {
+            Some(Ok(grant)) => {
                 guard.id = None;
                 grant
             }
-            Ok(Err(_)) => {
+            Some(Err(_)) => {
                 guard.id = None;
                 Err(self.shut_down_error())
             }
-            Err(_) => {
+            None => {
                 drop(guard);
                 // Any slot that raced to us was in the receiver, dropped with the timeout
                 // future: it has been handed on already.
@@ -840,7 +848,13 @@ impl Shared {
                     error: None,
                 });
                 match (actions, monitor) {
-                    (Some(actions), Some((id, lost, went_idle, check_now))) => {
+                    (Some(mut actions), Some((id, lost, went_idle, check_now))) => {
+                        // These callers waited for this runner to boot.
+                        for (_, grant) in actions.grants.iter_mut() {
+                            if let Ok(lease) = grant {
+                                lease.set_fresh_runner();
+                            }
+                        }
                         self.apply(actions);
                         let shared = self.clone();
                         tokio::spawn(

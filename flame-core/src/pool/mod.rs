@@ -38,6 +38,7 @@ pub struct Lease {
     endpoint: Endpoint,
     lost: CancellationToken,
     release: Option<Box<dyn FnOnce(LeaseOutcome) + Send + Sync>>,
+    fresh_runner: bool,
 }
 
 impl Lease {
@@ -52,7 +53,21 @@ impl Lease {
             endpoint,
             lost,
             release: Some(Box::new(release)),
+            fresh_runner: false,
         }
+    }
+
+    /// Marks the lease as one the caller waited for a runner to boot to get: the call's
+    /// timeout then counts from now, not from before the boot (see [`Lease::fresh_runner`]).
+    pub fn set_fresh_runner(&mut self) {
+        self.fresh_runner = true;
+    }
+
+    /// Whether the caller waited for this runner to boot. A call's timeout covers the call,
+    /// not a runner's boot (bounded by `boot_timeout`), so a short timeout does not fail calls
+    /// while a pool grows.
+    pub fn fresh_runner(&self) -> bool {
+        self.fresh_runner
     }
 
     /// The runner to send the call to.
