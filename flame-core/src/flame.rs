@@ -162,6 +162,12 @@ impl FlameBuilder {
         self
     }
 
+    /// Sets an already shared backend (e.g. one a test keeps a handle to).
+    pub fn backend_shared(mut self, backend: Arc<dyn Backend>) -> Self {
+        self.backend = Some(backend);
+        self
+    }
+
     /// Sets the parent-side transport.
     pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
         self.transport = Some(transport);

@@ -630,3 +630,55 @@ async fn several_named_pools_are_independent() {
     flame.shutdown().await.unwrap();
     assert_eq!(fake.alive(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_builder_makes_elastic_pools_over_the_backend() {
+    let fake = Fake::new(registry().0);
+    let events = Arc::new(AtomicUsize::new(0));
+    let ev = events.clone();
+    // No pool declared: the default pool, PoolConfig::default().
+    let flame = Flame::builder(registry().0)
+        .mode(Mode::Parent)
+        .transport(Arc::new(fake.transport.clone()))
+        .backend_shared(fake.clone())
+        .on_pool_event(move |_| {
+            ev.fetch_add(1, Ordering::SeqCst);
+        })
+        .handle_signals(false)
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(flame.call(ADD, (2, 2)).await.unwrap(), 4);
+    assert_eq!(fake.spawned.load(Ordering::SeqCst), 1);
+    let req = fake.requests.lock().unwrap()[0].clone();
+    assert_eq!(req.pool, "default");
+    assert_eq!(req.parent_id, flame.parent_id());
+    assert_eq!(req.env["FLAME_PARENT_TIMEOUT"], "20000");
+    assert!(events.load(Ordering::SeqCst) >= 2, "grow_start, grow_end");
+    flame.shutdown().await.unwrap();
+    assert_eq!(fake.alive(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_runner_mode_a_pool_never_spawns() {
+    let fake = Fake::new(registry().0);
+    let flame = Flame::builder(registry().0)
+        .mode(Mode::Runner)
+        .transport(Arc::new(fake.transport.clone()))
+        .backend_shared(fake.clone())
+        .pool("default", PoolConfig::default().min(2).max(4))
+        .build()
+        .unwrap();
+    assert_eq!(flame.call(ADD, (1, 1)).await.unwrap(), 2, "runs locally");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(fake.spawned.load(Ordering::SeqCst), 0);
+    assert!(flame.pool("default").is_none());
+}
+
+#[test]
+fn explicit_mode_wins_over_the_default_mode() {
+    let b = Flame::builder(registry().0).default_mode(Mode::Parent);
+    assert_eq!(b.current_config().mode, Mode::Parent);
+    let b = b.mode(Mode::Local).default_mode(Mode::Parent);
+    assert_eq!(b.current_config().mode, Mode::Local);
+}
