@@ -17,6 +17,7 @@
 //! FLAME_RUNNER_URL=http://127.0.0.1:8080 FLAME_SECRET=flame-secret cargo run --example interop
 //! ```
 
+use decorated::{DecoratedClient, DecoratedService};
 use flame::{Context, Error, Flame, Method, Mode, Registry};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -37,20 +38,34 @@ pub const WHOAMI: Method<(), Value> = Method::new("utils", "whoami");
 pub const SLEEP: Method<u64, u64> = Method::new("utils", "sleep");
 
 /// The `@flameService("decorated")` class of `e2e/services.ts`: `add` (decorated with
-/// `id: "add"`) and `mul` (registered by the class decorator under its property name).
+/// `id: "add"`) and `mul` (registered by the class decorator under its property name) —
+/// defined once with `#[flame::service]`, flame-rs's counterpart of those decorators. (The
+/// reference routes `add` to its `gpu` pool; a Rust runner has no pools, and this binary's
+/// parent has one, so no `pool` is set here.)
 mod decorated {
-    use flame::{Context, Method, Registry};
+    /// The service: `decorated`/`add` and `decorated`/`mul`, positional `(a, b)` like the
+    /// reference's methods. Generates `DecoratedService::{ADD, MUL, register}` and
+    /// `DecoratedClient`.
+    #[flame::service(id = "decorated")]
+    pub trait Decorated {
+        /// `decorated`/`add`.
+        #[flame(id = "add")]
+        async fn add(&self, a: i64, b: i64) -> flame::Result<i64>;
+        /// `decorated`/`mul`.
+        async fn mul(&self, a: i64, b: i64) -> flame::Result<i64>;
+    }
 
-    /// `decorated`/`add`.
-    pub const ADD: Method<(i64, i64), i64> = Method::new("decorated", "add");
-    /// `decorated`/`mul`.
-    pub const MUL: Method<(i64, i64), i64> = Method::new("decorated", "mul");
+    /// The implementation the runner serves.
+    pub struct Calculator;
 
-    /// Registers the service's methods.
-    pub fn register(registry: Registry) -> Registry {
-        registry
-            .handle(ADD, |_ctx: Context, (a, b): (i64, i64)| async move { Ok(a + b) })
-            .handle(MUL, |_ctx: Context, (a, b): (i64, i64)| async move { Ok(a * b) })
+    impl Decorated for Calculator {
+        async fn add(&self, a: i64, b: i64) -> flame::Result<i64> {
+            Ok(a + b)
+        }
+
+        async fn mul(&self, a: i64, b: i64) -> flame::Result<i64> {
+            Ok(a * b)
+        }
     }
 }
 
@@ -93,7 +108,7 @@ fn registry() -> Registry {
                 _ = ctx.cancelled() => Err(Error::new(flame::ErrorCode::Timeout, "sleep cancelled")),
             }
         });
-    decorated::register(registry)
+    DecoratedService::register(registry, decorated::Calculator)
 }
 
 /// The calls of the reference's `e2e/parent.ts`, in its order, with its expected results.
@@ -118,10 +133,15 @@ async fn e2e_calls(flame: &Flame) -> Result<(), String> {
     check(flame, "math/add(2, 3)", MATH_ADD, (2, 3), 5).await?;
     check(flame, "math/sub(5, 3)", MATH_SUB, (5, 3), 2).await?;
     check(flame, "math.add/default(10, 5)", ADD_FN, (10, 5), 15).await?;
-    check(flame, "decorated/add(4, 6)", decorated::ADD, (4, 6), 10).await?;
-    check(flame, "decorated/mul(3, 7)", decorated::MUL, (3, 7), 21).await?;
+    check(flame, "decorated/add(4, 6)", DecoratedService::ADD, (4, 6), 10).await?;
+    check(flame, "decorated/mul(3, 7)", DecoratedService::MUL, (3, 7), 21).await?;
     check(flame, "utils/ping()", PING, (), "pong".to_owned()).await?;
-    check(flame, "decorated/add(1, 1)", decorated::ADD, (1, 1), 2).await?;
+    // The generated client, as the reference's parent calls `decorated.add(1, 1)`.
+    match DecoratedClient::new(flame.clone()).add(1, 1).await {
+        Ok(2) => {}
+        Ok(got) => return Err(format!("decorated/add(1, 1): expected 2, got {got}")),
+        Err(e) => return Err(format!("decorated/add(1, 1): {e}")),
+    }
     Ok(())
 }
 
