@@ -134,10 +134,12 @@ pub async fn run(addr: SocketAddr, kind: &RequestKind, config: &LoadConfig) -> S
     }
     let mut samples = Vec::new();
     let mut errors = 0;
+    let mut answered = 0;
     let mut first_error = None;
     for task in tasks {
         match task.await {
             Ok(c) => {
+                answered += c.answered;
                 samples.extend(c.samples);
                 errors += c.errors;
                 if first_error.is_none() {
@@ -152,11 +154,15 @@ pub async fn run(addr: SocketAddr, kind: &RequestKind, config: &LoadConfig) -> S
     }
     let finished = Instant::now().min(end);
     let elapsed = finished.saturating_duration_since(measure_from);
-    Summary::from_samples(&mut samples, errors, elapsed, first_error)
+    Summary {
+        answered,
+        ..Summary::from_samples(&mut samples, errors, elapsed, first_error)
+    }
 }
 
 #[derive(Default)]
 struct ConnResult {
+    answered: u64,
     samples: Vec<u64>,
     errors: u64,
     first_error: Option<String>,
@@ -275,8 +281,11 @@ async fn connection(
                             String::from_utf8_lossy(&body[..body.len().min(200)])
                         ),
                     );
-                } else if measured {
-                    out.samples.push((t1 - t0).as_nanos() as u64);
+                } else {
+                    out.answered += 1;
+                    if measured {
+                        out.samples.push((t1 - t0).as_nanos() as u64);
+                    }
                 }
             }
         }

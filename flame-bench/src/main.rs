@@ -194,6 +194,8 @@ struct Row {
     result: Result<Summary, String>,
     idle_rss_kib: Option<u64>,
     peak_rss_kib: Option<u64>,
+    /// Server CPU time (all its threads) per correct reply, over the kept run.
+    cpu_per_req: Option<Duration>,
     /// The row whose requests/s this row is compared with in "vs flame-js".
     peer: Option<usize>,
 }
@@ -336,12 +338,21 @@ async fn measure_servers(targets: Vec<Target>, args: &Args) -> Vec<Row> {
         .iter()
         .map(|t| t.server.as_ref().ok().and_then(Server::idle_rss))
         .collect();
-    let mut best: Vec<Option<Summary>> = vec![None; targets.len()];
+    let mut best: Vec<Option<(Summary, Option<Duration>)>> = vec![None; targets.len()];
     for round in 1..=args.repeat {
         for (t, b) in targets.iter().zip(best.iter_mut()) {
             if let Ok(server) = &t.server {
                 eprintln!("== {} (run {round}/{})", t.name, args.repeat);
-                keep_best(b, loadgen::run(server.addr, &t.kind, &args.load).await);
+                let pid = server.child.pid();
+                let cpu0 = pid.and_then(procs::cpu_time);
+                let s = loadgen::run(server.addr, &t.kind, &args.load).await;
+                let cpu = cpu0
+                    .zip(pid.and_then(procs::cpu_time))
+                    .map(|(a, b)| b.saturating_sub(a));
+                let per_req = cpu.filter(|_| s.answered > 0).map(|c| c / s.answered as u32);
+                if b.as_ref().map_or(true, |(prev, _)| s.rps() > prev.rps()) {
+                    *b = Some((s, per_req));
+                }
             }
         }
     }
@@ -349,12 +360,16 @@ async fn measure_servers(targets: Vec<Target>, args: &Args) -> Vec<Row> {
         .into_iter()
         .zip(best)
         .zip(idle)
-        .map(|((t, best), idle)| Row {
-            name: t.name.into(),
-            peak_rss_kib: t.server.as_ref().ok().and_then(Server::peak_rss),
-            result: t.server.map(|_| best.unwrap_or_default()),
-            idle_rss_kib: idle,
-            peer: t.peer,
+        .map(|((t, best), idle)| {
+            let (summary, cpu_per_req) = best.unwrap_or_default();
+            Row {
+                name: t.name.into(),
+                peak_rss_kib: t.server.as_ref().ok().and_then(Server::peak_rss),
+                result: t.server.map(|_| summary),
+                idle_rss_kib: idle,
+                cpu_per_req,
+                peer: t.peer,
+            }
         })
         .collect()
 }
@@ -439,6 +454,7 @@ async fn measure_parents(
             result: result(ours.map(|_| ()), our_best, None),
             idle_rss_kib: None,
             peak_rss_kib: None,
+            cpu_per_req: None,
             peer: Some(1),
         },
         Row {
@@ -446,6 +462,7 @@ async fn measure_parents(
             result: result(theirs.map(|_| ()), their_best, their_err),
             idle_rss_kib: None,
             peak_rss_kib: None,
+            cpu_per_req: None,
             peer: None,
         },
     ]
@@ -518,6 +535,7 @@ async fn ref_parent_once(
     let num = |k: &str| v.get(k).and_then(serde_json::Value::as_f64).unwrap_or(0.0);
     Ok(Summary {
         ok: num("ok") as u64,
+        answered: num("ok") as u64,
         errors: num("errors") as u64,
         elapsed: Duration::from_secs_f64(num("elapsedMs").max(0.0) / 1000.0),
         p50: Duration::from_micros(num("p50Us") as u64),
@@ -776,8 +794,11 @@ async fn run(args: Args) -> i32 {
     let echo_p50 = echo.as_ref().map_or(0.0, |e| e.p50.as_secs_f64());
     println!("## Servers: one load generator, math/add");
     println!();
-    println!("| server | requests/s | p50 | p99 | errors | rps vs hyper | p50 vs hyper | rps vs flame-js | idle RSS | peak RSS |");
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| server | requests/s | p50 | p99 | errors | rps vs hyper | p50 vs hyper | rps vs flame-js \
+         | server CPU per request | calls per CPU-second vs flame-js | idle RSS | peak RSS |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in &rows {
         print_row(row, &rows, echo_rps, echo_p50, true);
     }
@@ -842,12 +863,19 @@ async fn run(args: Args) -> i32 {
         (true, false) => "MISSED",
     };
     let goal = |text: String, ok: bool, have: bool| println!("- {text}: **{}**", verdict(ok, have));
+    let cpu = |i: usize| rows[i].cpu_per_req.map_or(0.0, |d| d.as_secs_f64());
     for (ours, theirs, what) in [(1, 3, "signed"), (2, 4, "unsigned")] {
         let r = rps(ours) / rps(theirs).max(f64::MIN_POSITIVE);
         goal(
-            format!("runner ≥ 3× flame-js ({what}): {r:.2}×"),
+            format!("runner ≥ 3× flame-js requests/s on the shared client ({what}): {r:.2}×"),
             r >= 3.0,
             rps(ours) > 0.0 && rps(theirs) > 0.0,
+        );
+        let c = cpu(theirs) / cpu(ours).max(f64::MIN_POSITIVE);
+        goal(
+            format!("runner ≥ 3× flame-js calls per CPU-second of the server ({what}): {c:.2}×"),
+            c >= 3.0,
+            cpu(ours) > 0.0 && cpu(theirs) > 0.0,
         );
     }
     for (i, what) in [(1, "signed"), (2, "unsigned")] {
@@ -897,9 +925,14 @@ fn print_row(row: &Row, all: &[Row], echo_rps: f64, echo_p50: f64, servers: bool
         .and_then(|i| all.get(i))
         .and_then(|p| p.result.as_ref().ok())
         .map_or(0.0, Summary::rps);
+    let peer_cpu = row
+        .peer
+        .and_then(|i| all.get(i))
+        .and_then(|p| p.cpu_per_req)
+        .map_or(0.0, |d| d.as_secs_f64());
     match &row.result {
         Ok(s) if servers => println!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.name,
             s.rps(),
             human(s.p50),
@@ -908,6 +941,8 @@ fn print_row(row: &Row, all: &[Row], echo_rps: f64, echo_p50: f64, servers: bool
             ratio(s.rps(), echo_rps),
             ratio(s.p50.as_secs_f64(), echo_p50),
             ratio(s.rps(), peer_rps),
+            row.cpu_per_req.map_or("–".into(), human),
+            ratio(peer_cpu, row.cpu_per_req.map_or(0.0, |d| d.as_secs_f64())),
             mib(row.idle_rss_kib),
             mib(row.peak_rss_kib)
         ),
@@ -920,7 +955,7 @@ fn print_row(row: &Row, all: &[Row], echo_rps: f64, echo_p50: f64, servers: bool
             s.errors,
             ratio(s.rps(), peer_rps)
         ),
-        Err(why) if servers => println!("| {} | skipped: {why} | | | | | | | | |", row.name),
+        Err(why) if servers => println!("| {} | skipped: {why} | | | | | | | | | | |", row.name),
         Err(why) => println!("| {} | skipped: {why} | | | | |", row.name),
     }
 }

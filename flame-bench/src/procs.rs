@@ -104,6 +104,22 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// CPU time process `pid` has used so far, all threads, user + system (`utime` + `stime` of
+/// `/proc/<pid>/stat`, in the kernel's 100 Hz `USER_HZ` ticks), if readable.
+///
+/// ```
+/// assert!(flame_bench::procs::cpu_time(std::process::id()).is_some());
+/// ```
+pub fn cpu_time(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(std::time::Duration::from_millis((utime + stime) * 10))
+}
+
 /// Bun, the reference's dependencies and the reference itself, found the way the interop
 /// tests find them (`examples/tests/interop_common`): `FLAME_BUN`, the cache of
 /// `.ci/setup/30-bun.sh` (`$FLAME_BUN_HOME`, default `~/.cache/flame-bun`), or `bun` on `PATH`;

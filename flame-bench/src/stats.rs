@@ -9,6 +9,8 @@ pub struct Summary {
     pub ok: u64,
     /// Requests that failed (wrong status, wrong body, I/O error) inside the window.
     pub errors: u64,
+    /// Correct replies over the whole run, warm-up included (to divide server CPU time by).
+    pub answered: u64,
     /// The measured window (warm-up excluded).
     pub elapsed: Duration,
     /// Median latency.
@@ -41,6 +43,7 @@ impl Summary {
         samples.sort_unstable();
         Summary {
             ok: samples.len() as u64,
+            answered: samples.len() as u64,
             errors,
             elapsed,
             p50: Duration::from_nanos(percentile(samples, 50.0)),
