@@ -206,7 +206,8 @@ async fn macro_service_and_hand_written_methods_interoperate() {
 
 #[tokio::test]
 async fn parent_path_round_trips_through_the_wire() {
-    let (flame, math) = parent(Arc::default());
+    let cancelled = Arc::new(AtomicUsize::new(0));
+    let (flame, math) = parent(cancelled.clone());
     assert_eq!(flame.mode(), Mode::Parent);
     assert_eq!(math.add(2, 3).await.unwrap(), 5);
     assert_eq!(math.mul(2.5, 2.0).await.unwrap(), 5.0);
@@ -223,10 +224,7 @@ async fn parent_path_round_trips_through_the_wire() {
     );
     let err = math.explode().await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::Handler);
-    // The deadline travels with the call. (Whether the in-memory runner's handler sees its
-    // cancellation depends on which timer fires first, the parent's or the runner's: the
-    // parent drops the in-process dispatch at its own deadline. Over HTTP the runner's timer
-    // always fires; service_macro_http.rs checks the cancellation there.)
+    // The deadline travels with the call and cancels the handler on the runner.
     let err = math
         .clone()
         .with_options(CallOptions::new().timeout(Duration::from_millis(80)))
@@ -234,6 +232,7 @@ async fn parent_path_round_trips_through_the_wire() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Timeout);
+    wait_for_one(&cancelled).await;
     // Client options route the call: an unknown pool is NO_RUNNER.
     let err = math
         .clone()
