@@ -15,6 +15,7 @@ use crate::pool::{
 use crate::registry::Registry;
 use crate::runner::failsafe::Failsafe;
 use crate::runner::{Dispatcher, RunnerServer};
+use crate::spawn_guard;
 use crate::transport::{Endpoint, Invocation, Transport};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -34,9 +35,18 @@ type Override = Box<dyn Fn(&mut Config) + Send + Sync>;
 /// [`FlameBuilder::pool`] becomes an [`ElasticPool`] over the backend (default:
 /// [`LocalProcess::current_exe`]); with no pool declared, the default pool gets
 /// [`PoolConfig::default`]. Each pool has its own fresh secret. [`FlameBuilder::start`] also
-/// reaps runners a crashed earlier parent of the same app left behind, and (unless
-/// [`FlameBuilder::handle_signals`] is off) makes Ctrl-C / `SIGTERM` shut down cleanly: calls
-/// drain, every runner is ended, then the process exits.
+/// reaps runners a crashed earlier parent of the same app left behind (only provably orphaned
+/// ones: see [`crate::backend::reap`]), and (unless [`FlameBuilder::handle_signals`] is off)
+/// makes Ctrl-C / `SIGTERM` shut down cleanly: calls drain, every runner is ended, then the
+/// process exits.
+///
+/// **A runner is a runner.** In a process a flame parent started as a runner
+/// (`FLAME_MODE=runner` with `FLAME_PARENT_ID`, see [`spawn_guard`]), `start` serves as a
+/// runner whatever the code says — with or without [`FlameBuilder::from_env`], whatever
+/// [`FlameBuilder::mode`] or [`FlameBuilder::default_mode`] asked for — and the environment the
+/// parent gave it (secret, listen address, parent id, failsafe window) wins over code. The only
+/// exception is an explicit opt-in to nested pools ([`FlameBuilder::allow_nested`]) together with
+/// an explicit `mode(Mode::Parent)`, capped in depth.
 ///
 /// ```no_run
 /// # async fn run(registry: flame_core::Registry) -> flame_core::Result<()> {
@@ -66,6 +76,7 @@ pub struct FlameBuilder {
     pool_hooks: Vec<PoolEventHook>,
     handle_signals: bool,
     runner_env: BTreeMap<String, String>,
+    nested_depth: Option<u32>,
 }
 
 impl FlameBuilder {
@@ -125,6 +136,46 @@ impl FlameBuilder {
     pub fn runner_env(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.runner_env.insert(key.into(), value.into());
         self
+    }
+
+    /// Opts into nested pools: runners of this parent may build parents of their own (with an
+    /// explicit `mode(Mode::Parent)` and this same opt-in), down to spawn depth `max_depth`
+    /// (2: one level of nesting). Capped at [`spawn_guard::MAX_NESTING_DEPTH`]: a higher value
+    /// makes `start`/`build` fail with `CONFIG`. Without it runners never start runners.
+    pub fn allow_nested(mut self, max_depth: u32) -> Self {
+        self.nested_depth = Some(max_depth);
+        self
+    }
+
+    /// Applies "a runner is a runner" (see the type's docs): in a process a flame parent
+    /// started as a runner, the parent's environment wins and the mode is `Runner`.
+    fn enforce_runner_identity(&mut self) -> Result<()> {
+        let Some(spawned) = spawn_guard::spawned_runner() else {
+            return Ok(());
+        };
+        let nested_parent = self.nested_depth.is_some_and(|d| d > spawned.depth)
+            && self.explicit_mode
+            && self.config.mode == Mode::Parent;
+        if nested_parent {
+            return Ok(());
+        }
+        let asked = self.config.mode;
+        self.config.apply_lookup(&|k| std::env::var(k).ok())?;
+        for o in &self.overrides {
+            o(&mut self.config);
+        }
+        if asked != Mode::Runner {
+            tracing::warn!(
+                target: "flame",
+                asked = %asked,
+                parent = %spawned.parent_id,
+                depth = spawned.depth,
+                "this process was started by a flame parent as a runner: serving as a runner (a runner never starts runners)"
+            );
+        }
+        self.config.mode = Mode::Runner;
+        self.env_mode = true;
+        Ok(())
     }
 
     /// Sets the default call timeout.
@@ -201,18 +252,15 @@ impl FlameBuilder {
     /// Builds the handle for local or parent mode. In runner mode, serves handlers until the
     /// server stops, then exits the process (a runner exists to serve): use
     /// [`FlameBuilder::serve_runner`] to get control back instead.
-    pub async fn start(self) -> Result<Flame> {
+    pub async fn start(mut self) -> Result<Flame> {
+        self.enforce_runner_identity()?;
         if self.config.mode == Mode::Runner {
             self.serve(true).await?;
             std::process::exit(0);
         }
         let handle_signals = self.handle_signals;
         let flame = self.build()?;
-        if let Some(backend) = flame.inner.backend.clone() {
-            let scope = ReapScope {
-                app: flame.inner.app.clone(),
-                live_parent: flame.inner.parent_id.clone(),
-            };
+        if let (Some(backend), Some(scope)) = (flame.inner.backend.clone(), flame.reap_scope()) {
             tokio::spawn(async move {
                 if let Err(e) = backend.reap(&scope).await {
                     tracing::warn!(target: "flame::pool", error = %e, "reaping runners of an earlier parent failed");
@@ -228,7 +276,8 @@ impl FlameBuilder {
     /// Runner mode: serves the registry through the configured server until it stops: told
     /// to by `SIGTERM`/Ctrl-C (it drains first), or by the no-orphan failsafe when the parent
     /// is gone (see [`crate::runner::failsafe`]; only runners started with `FLAME_PARENT_ID`).
-    pub async fn serve_runner(self) -> Result<()> {
+    pub async fn serve_runner(mut self) -> Result<()> {
+        self.enforce_runner_identity()?;
         self.serve(false).await
     }
 
@@ -238,8 +287,11 @@ impl FlameBuilder {
             Error::config("runner mode needs a server: enable the `http` feature of `flame`")
         })?;
         let runner_id = std::env::var("FLAME_RUNNER_ID").unwrap_or_else(|_| uuid::Uuid::new_v4().to_string());
-        let dispatcher =
-            Arc::new(Dispatcher::new(self.registry, runner_id).with_expose_errors(self.config.expose_errors));
+        let dispatcher = Arc::new(
+            Dispatcher::new(self.registry, runner_id)
+                .with_expose_errors(self.config.expose_errors)
+                .with_parent(self.config.parent_id.is_some()),
+        );
         let shutdown = CancellationToken::new();
         let watchdog = Failsafe::from_config(&self.config).map(|f| {
             let f = if exiting {
@@ -268,12 +320,22 @@ impl FlameBuilder {
 
     /// Builds the handle without serving (local and parent modes; runner mode builds a handle
     /// whose calls run locally).
-    pub fn build(self) -> Result<Flame> {
+    pub fn build(mut self) -> Result<Flame> {
+        self.enforce_runner_identity()?;
         self.registry.check()?;
+        if let Some(depth) = self.nested_depth {
+            if depth > spawn_guard::MAX_NESTING_DEPTH {
+                return Err(Error::config(format!(
+                    "allow_nested({depth}): nested pools are capped at spawn depth {}",
+                    spawn_guard::MAX_NESTING_DEPTH
+                )));
+            }
+        }
         let mut pools: HashMap<String, Arc<dyn Pool>> = HashMap::new();
         let parent_id = uuid::Uuid::new_v4().to_string();
         let app = self.app.clone().unwrap_or_else(default_app_name);
         let mut elastic_backend = None;
+        let mut max_boot = Duration::ZERO;
         if self.config.mode == Mode::Parent {
             let transport_needed = self.transport.is_none();
             if transport_needed {
@@ -328,7 +390,11 @@ impl FlameBuilder {
                     let mut template =
                         RunnerTemplate::new(app.clone(), parent_id.clone(), Secret::generate(), transport)
                             .parent_timeout(self.config.parent_timeout);
+                    if let Some(depth) = self.nested_depth {
+                        template = template.allow_nested(depth)?;
+                    }
                     template.env = self.runner_env.clone();
+                    max_boot = max_boot.max(pool_config.boot_timeout);
                     let mut builder =
                         ElasticPool::builder(name.clone(), backend, template).config(pool_config);
                     for hook in &self.pool_hooks {
@@ -353,6 +419,7 @@ impl FlameBuilder {
                 backend: elastic_backend,
                 app,
                 parent_id,
+                max_boot,
             }),
         })
     }
@@ -427,6 +494,9 @@ struct Inner {
     backend: Option<Arc<dyn Backend>>,
     app: String,
     parent_id: String,
+    /// The longest boot timeout of the elastic pools (reap gives unanswering runners this
+    /// long on top of the failsafe window).
+    max_boot: Duration,
 }
 
 struct CallGuard<'a>(&'a Inner);
@@ -458,7 +528,22 @@ impl Flame {
             pool_hooks: Vec::new(),
             handle_signals: true,
             runner_env: BTreeMap::new(),
+            nested_depth: None,
         }
+    }
+
+    /// What `reap` may end for this parent: runners of this app (never this parent's) that
+    /// are provably orphaned, judged with this parent's failsafe window (`FLAME_PARENT_TIMEOUT`)
+    /// and boot timeout. `None` without elastic pools (or a transport to probe with).
+    pub fn reap_scope(&self) -> Option<ReapScope> {
+        let inner = &*self.inner;
+        inner.backend.as_ref()?;
+        let prober = inner.transport.clone()?;
+        let window = inner.config.parent_timeout;
+        Some(
+            ReapScope::new(inner.app.clone(), inner.parent_id.clone(), prober)
+                .windows(window, window + inner.max_boot),
+        )
     }
 
     /// This parent's id (`FLAME_PARENT_ID` of the runners it starts).

@@ -38,6 +38,7 @@ pub mod method;
 pub mod pool;
 pub mod registry;
 pub mod runner;
+pub mod spawn_guard;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod transport;

@@ -233,34 +233,92 @@ async fn runners_get_the_request_environment_and_the_parent_pid() {
     backend.terminate(&h).await.unwrap();
 }
 
+/// Answers the reap rule's health probe per runner id: how long each runner's parent has
+/// been silent.
+struct Silence(Vec<(String, u64)>);
+
+#[async_trait]
+impl Transport for Silence {
+    async fn invoke(&self, _e: &Endpoint, _i: &Invocation) -> flame_core::Result<String> {
+        Err(Error::transport("not used"))
+    }
+    async fn ping(&self, e: &Endpoint) -> flame_core::Result<RunnerStatus> {
+        assert!(e.secret.is_none(), "reap probes without the secret");
+        match self.0.iter().find(|(id, _)| *id == e.runner_id) {
+            Some((_, ms)) => Ok(RunnerStatus {
+                ok: true,
+                parent_silent_ms: Some(*ms),
+                ..RunnerStatus::default()
+            }),
+            None => Err(Error::not_delivered("connection refused")),
+        }
+    }
+}
+
+fn rewrite_record(backend: &LocalProcess, runner_id: &str, f: impl FnOnce(&mut serde_json::Value)) {
+    let file = backend.app_dir("lp-test").join(format!("{runner_id}.json"));
+    let mut rec: serde_json::Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    f(&mut rec);
+    std::fs::write(&file, serde_json::to_vec(&rec).unwrap()).unwrap();
+}
+
 #[tokio::test]
-async fn reap_ends_runners_of_other_dead_parents_only() {
+async fn reap_ends_only_provably_orphaned_runners() {
     let d = dir();
     let backend = script(READY, &d);
-    let old = backend
-        .spawn(request("crashed-parent", true, Duration::from_secs(5)))
-        .await
-        .unwrap();
-    let live = backend
-        .spawn(request("live-parent", true, Duration::from_secs(5)))
-        .await
-        .unwrap();
+    let spawn = |parent: &'static str| {
+        let backend = backend.clone();
+        async move {
+            backend
+                .spawn(request(parent, true, Duration::from_secs(5)))
+                .await
+                .unwrap()
+        }
+    };
+    // Parents in this very process (another flame handle): the runners' answers decide.
+    let silent = spawn("crashed-parent").await;
+    let in_touch = spawn("other-live-parent").await;
+    let own = spawn("live-parent").await;
+    // A parent in another process that still runs: spared without asking, even if it were
+    // silent. A parent process that is gone: orphaned without asking.
+    let replica = spawn("replica-parent").await;
+    let orphan = spawn("dead-parent").await;
+    let mut replica_parent = std::process::Command::new("sleep").arg("60").spawn().unwrap();
+    rewrite_record(&backend, &replica.runner_id, |r| {
+        r["parentPid"] = replica_parent.id().into()
+    });
+    let dead_parent = {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        let pid = c.id();
+        c.wait().unwrap();
+        pid
+    };
+    rewrite_record(&backend, &orphan.runner_id, |r| {
+        r["parentPid"] = dead_parent.into()
+    });
+    let answers = Silence(vec![
+        (silent.runner_id.clone(), 25_000),
+        (in_touch.runner_id.clone(), 300),
+        (replica.runner_id.clone(), 60_000),
+        (orphan.runner_id.clone(), 10),
+    ]);
     // A fresh backend (as after a restart) sees only the pid files.
     let fresh = script(READY, &d);
-    let scope = ReapScope {
-        app: "lp-test".into(),
-        live_parent: "live-parent".into(),
-    };
-    assert_eq!(fresh.reap(&scope).await.unwrap(), 1);
-    let old_pid: u32 = old.backend_id.parse().unwrap();
-    assert!(wait_dead(old_pid, Duration::from_secs(5)).await);
-    assert!(
-        alive(live.backend_id.parse().unwrap()),
-        "the live parent's runner is kept"
-    );
+    let scope = ReapScope::new("lp-test", "live-parent", Arc::new(answers))
+        .windows(Duration::from_secs(20), Duration::from_secs(50));
+    assert_eq!(fresh.reap(&scope).await.unwrap(), 2);
+    for h in [&silent, &orphan] {
+        assert!(wait_dead(h.backend_id.parse().unwrap(), Duration::from_secs(5)).await);
+    }
+    for h in [&in_touch, &own, &replica] {
+        assert!(alive(h.backend_id.parse().unwrap()), "{} was reaped", h.runner_id);
+    }
     assert_eq!(fresh.reap(&scope).await.unwrap(), 0, "nothing left to reap");
-    backend.terminate(&old).await.unwrap();
-    backend.terminate(&live).await.unwrap();
+    for h in [&silent, &in_touch, &own, &replica, &orphan] {
+        backend.terminate(h).await.unwrap();
+    }
+    let _ = replica_parent.kill();
+    let _ = replica_parent.wait();
 }
 
 #[tokio::test]
@@ -283,10 +341,8 @@ async fn reap_never_signals_a_reused_pid() {
     rec["pid"] = std::process::id().into();
     std::fs::write(&file, serde_json::to_vec(&rec).unwrap()).unwrap();
     let fresh = script(READY, &d);
-    let scope = ReapScope {
-        app: "lp-test".into(),
-        live_parent: "other".into(),
-    };
+    let silent = Silence(vec![(h.runner_id.clone(), 60_000)]);
+    let scope = ReapScope::new("lp-test", "other", Arc::new(silent));
     assert_eq!(fresh.reap(&scope).await.unwrap(), 0);
     backend.terminate(&h).await.unwrap();
 }

@@ -468,12 +468,15 @@ fn health(state: &State, req: &Request<Incoming>) -> Reply {
         None => true,
         Some(secret) => health_signed(secret, req, state.options.max_skew),
     };
-    let body = if authenticated {
+    let status = if authenticated {
         state.dispatcher.note_parent_contact();
-        serde_json::to_vec(&state.dispatcher.status()).unwrap_or_else(|_| b"{\"ok\":true}".to_vec())
+        state.dispatcher.status()
     } else {
-        b"{\"ok\":true}".to_vec()
+        // Strangers learn liveness and how long the parent has been silent (what `reap` needs
+        // to tell a live parent's runner from an orphan), nothing else.
+        state.dispatcher.liveness()
     };
+    let body = serde_json::to_vec(&status).unwrap_or_else(|_| b"{\"ok\":true}".to_vec());
     json(Bytes::from(body))
 }
 

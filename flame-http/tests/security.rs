@@ -127,6 +127,37 @@ async fn unknown_method_path_and_verb_are_404() {
 }
 
 #[tokio::test]
+async fn a_spawned_runner_tells_strangers_how_long_its_parent_has_been_silent() {
+    // What reap needs to tell a live parent's runner from an orphan, and nothing more.
+    let server = start_with(Some(SECRET), options(), |mut c| {
+        c.parent_id = Some("parent-1".into());
+        c
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (status, text) = raw(server.addr, "GET", "/health", &[], b"").await;
+    assert_eq!(status, 200);
+    let seen: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let keys: Vec<&str> = seen.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+    assert_eq!(keys, ["ok", "parentSilentMs"], "{text}");
+    assert!(seen["parentSilentMs"].as_u64().unwrap() >= 300, "{text}");
+    // The parent's signed ping resets it; strangers see that too.
+    let ts = now();
+    let headers = [
+        ("x-flame-timestamp", ts.to_string()),
+        (
+            "x-flame-signature",
+            sign(&Secret::new(SECRET), health_message(ts).as_bytes()),
+        ),
+    ];
+    let (_, full) = raw(server.addr, "GET", "/health", &headers, b"").await;
+    assert!(full.contains("parentSilentMs"), "{full}");
+    let (_, text) = raw(server.addr, "GET", "/health", &[], b"").await;
+    let seen: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert!(seen["parentSilentMs"].as_u64().unwrap() < 300, "{text}");
+}
+
+#[tokio::test]
 async fn health_tells_strangers_only_liveness_and_counts_signed_contact() {
     let server = start(Some(SECRET)).await;
     let (status, text) = raw(server.addr, "GET", "/health", &[], b"").await;

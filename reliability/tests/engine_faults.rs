@@ -68,12 +68,24 @@ async fn all_fail_typed(flame: &Flame, n: usize, code: ErrorCode, retryable: boo
     for c in calls {
         let (r, took) = c.await.unwrap();
         let err = r.unwrap_err();
-        assert_eq!(err.code(), code, "{err}");
+        assert_eq!(boot_failure_code(&err), code.as_str(), "{err}");
         assert_eq!(err.is_retryable(), retryable, "{err}");
         assert!(took < deadline, "a call took {took:?}");
         texts.push(format!("{err} {:?}", err.details()));
     }
     texts
+}
+
+/// The code of the engine's failure: the error's own, or — once repeated failed boots opened
+/// the pool's crash-loop breaker and callers fail fast with `NO_RUNNER` — the last boot
+/// failure's, which that error names in its details.
+fn boot_failure_code(err: &flame_core::Error) -> String {
+    match (err.code(), err.details()) {
+        (ErrorCode::NoRunner, Some(d)) if d.get("breaker").is_some() => {
+            d["lastBootError"]["code"].as_str().unwrap_or("?").to_owned()
+        }
+        (code, _) => code.as_str().to_owned(),
+    }
 }
 
 async fn pool_is_empty(flame: &Flame) {

@@ -16,9 +16,11 @@ mod common;
 use common::*;
 use flame_core::backend::local_process::PidRecord;
 use flame_core::{Backend, LocalProcess, ReapScope};
+use flame_http::HttpTransport;
 use flame_reliability::procfs::{
     alive, pids_with_env, start_and_wait_for_line, wait_until, KillByEnv, TempDir,
 };
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const WINDOW: Duration = Duration::from_millis(2000);
@@ -67,10 +69,11 @@ async fn parent_kill_9_leaves_no_runner_after_the_failsafe_window_and_reap_clean
 
     // A restarted parent reaps: nothing is left to end, and the stale pid files go.
     let ended = backend
-        .reap(&ReapScope {
-            app: app.clone(),
-            live_parent: "restarted-parent".into(),
-        })
+        .reap(&ReapScope::new(
+            app.clone(),
+            "restarted-parent",
+            Arc::new(HttpTransport::new()),
+        ))
         .await
         .unwrap();
     assert_eq!(ended, 0, "a runner survived its parent");
@@ -113,6 +116,7 @@ async fn reap_ends_a_runner_that_outlived_its_dead_parent() {
         parent_id: "crashed-parent".into(),
         runner_id: runner_id.clone(),
         pool: "default".into(),
+        url: None,
     };
     std::fs::create_dir_all(backend.app_dir(&app)).unwrap();
     std::fs::write(
@@ -121,10 +125,11 @@ async fn reap_ends_a_runner_that_outlived_its_dead_parent() {
     )
     .unwrap();
     let ended = backend
-        .reap(&ReapScope {
-            app: app.clone(),
-            live_parent: "restarted-parent".into(),
-        })
+        .reap(&ReapScope::new(
+            app.clone(),
+            "restarted-parent",
+            Arc::new(HttpTransport::new()),
+        ))
         .await
         .unwrap();
     assert_eq!(ended, 1);

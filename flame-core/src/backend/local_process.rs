@@ -15,11 +15,13 @@
 //! - **Terminate** sends `SIGTERM` (the runner drains), then `SIGKILL` after the grace time;
 //!   children are also `kill_on_drop`.
 //! - **Reap**: every runner has a pid file in a per-app state directory
-//!   (`$XDG_RUNTIME_DIR/flame/<app>/`, else `<tmp>/flame-<uid>/<app>/`). `reap` ends runners
-//!   whose parent id differs from the live one and whose parent process is gone (or is this
-//!   process), checking `/proc/<pid>/environ` for the runner id so a reused pid is never hit.
+//!   (`$XDG_RUNTIME_DIR/flame/<app>/`, else `<tmp>/flame-<uid>/<app>/`). `reap` never ends a
+//!   live parent's runner ([`super::reap`]): a runner whose parent process still runs is
+//!   spared, one whose parent process is gone is orphaned; when the parent process is this one
+//!   (another flame handle in this process) the shared health rule decides. It checks
+//!   `/proc/<pid>/environ` for the runner id so a reused pid is never hit.
 
-use super::{Backend, ReapScope, RunnerHandle, RunnerState, SpawnRequest};
+use super::{Backend, ReapCandidate, ReapScope, RunnerHandle, RunnerState, SpawnRequest};
 use crate::error::{Error, ErrorCode, Result};
 use crate::transport::Endpoint;
 use async_trait::async_trait;
@@ -86,6 +88,9 @@ pub struct PidRecord {
     pub runner_id: String,
     /// The pool name.
     pub pool: String,
+    /// Where the runner listens (for the reap rule's health probe).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 impl LocalProcess {
@@ -351,6 +356,7 @@ impl Backend for LocalProcess {
                         parent_id: request.parent_id.clone(),
                         runner_id: request.runner_id.clone(),
                         pool: request.pool.clone(),
+                        url: Some(endpoint.url.clone()),
                     },
                 );
                 self.children().insert(pid.to_string(), child);
@@ -402,16 +408,49 @@ impl Backend for LocalProcess {
     }
 
     async fn reap(&self, scope: &ReapScope) -> Result<usize> {
-        let mut ended = 0;
+        let mut orphans = Vec::new();
+        let mut ask = Vec::new();
         for record in self.records(&scope.app) {
             if record.parent_id == scope.live_parent {
                 continue;
             }
-            let parent_alive = record.parent_pid != std::process::id() && pid_alive(record.parent_pid);
-            if parent_alive {
-                // Another live parent of the same app (e.g. a second instance): not ours.
+            let running = pid_alive(record.pid) && is_runner(record.pid, &record.runner_id);
+            if !running {
+                // Exited: only its pid file is left (and our own child's exit status).
+                self.children().remove(&record.pid.to_string());
+                self.remove_record(&scope.app, &record.runner_id);
                 continue;
             }
+            if record.parent_pid != std::process::id() {
+                if pid_alive(record.parent_pid) {
+                    // Its parent process runs: a live parent's runner (replica, second
+                    // instance). Never ours to end.
+                    continue;
+                }
+                orphans.push(record);
+            } else {
+                // Its parent is another flame handle in this process: ask the runner.
+                let candidate = ReapCandidate::new(
+                    record.runner_id.clone(),
+                    record.pid.to_string(),
+                    Some(record.parent_id.clone()),
+                    RunnerState::Running,
+                    record
+                        .url
+                        .as_ref()
+                        .map(|u| Endpoint::new(u.clone(), record.runner_id.clone())),
+                );
+                ask.push((candidate, record));
+            }
+        }
+        let chosen = scope.select(ask.iter().map(|(c, _)| c.clone()).collect()).await;
+        orphans.extend(
+            ask.into_iter()
+                .filter(|(c, _)| chosen.iter().any(|(o, _)| o.runner_id == c.runner_id))
+                .map(|(_, r)| r),
+        );
+        let mut ended = 0;
+        for record in orphans {
             let own = self.children().remove(&record.pid.to_string());
             if let Some(mut child) = own {
                 stop_child(&mut child, self.inner.grace).await?;
@@ -430,7 +469,7 @@ impl Backend for LocalProcess {
             self.remove_record(&scope.app, &record.runner_id);
         }
         if ended > 0 {
-            tracing::info!(target: "flame::backend", app = %scope.app, ended, "reaped runners left by an earlier parent");
+            tracing::info!(target: "flame::backend", app = %scope.app, ended, "reaped orphaned runners");
         }
         Ok(ended)
     }

@@ -2,8 +2,10 @@
 //! [`LocalProcess`], the embedded default backend.
 
 pub mod local_process;
+pub mod reap;
 
 pub use local_process::LocalProcess;
+pub use reap::{ReapCandidate, ReapReason, ReapScope, ReapVerdict, SpareReason};
 
 use crate::config::Secret;
 use crate::error::Result;
@@ -102,15 +104,6 @@ pub enum RunnerState {
     Stopped,
 }
 
-/// Which runners `reap` may end: those of `app` whose parent is not `live_parent`.
-#[derive(Debug, Clone)]
-pub struct ReapScope {
-    /// The application name.
-    pub app: String,
-    /// The current (live) parent's id: its runners are kept.
-    pub live_parent: String,
-}
-
 /// Where a spawned runner can be reached, as a backend sees it, before resolution.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunnerAddress {
@@ -145,7 +138,8 @@ pub trait Backend: Send + Sync + 'static {
     /// The runner's state as the engine sees it.
     async fn status(&self, handle: &RunnerHandle) -> Result<RunnerState>;
 
-    /// Ends runners of `scope.app` left by parents other than `scope.live_parent` (a crashed
-    /// earlier parent); returns how many it ended.
+    /// Ends the runners of `scope.app` that are provably orphaned — never a live parent's:
+    /// list the app's runners as [`ReapCandidate`]s and end what [`ReapScope::select`] picks
+    /// (see [`reap`] for the rule). Returns how many it ended.
     async fn reap(&self, scope: &ReapScope) -> Result<usize>;
 }

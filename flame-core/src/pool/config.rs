@@ -29,6 +29,19 @@ pub struct PoolConfig {
     pub single_use: bool,
     /// How often runners are pinged. Default 5 s (well inside the runner's 20 s failsafe).
     pub health_interval: Duration,
+    /// Consecutive failed boots (exit before ready, boot timeout, backend refusal) that open
+    /// the crash-loop breaker: the pool then starts no runner for a backoff, and callers that
+    /// no runner can serve fail at once with a retryable `NO_RUNNER` naming the last failure.
+    /// Default 3.
+    pub boot_failure_threshold: u32,
+    /// The breaker's first backoff; it doubles with every further failed trial start, up to
+    /// `breaker_max_backoff`. Default 1 s.
+    pub breaker_backoff: Duration,
+    /// The longest breaker backoff. Default 30 s.
+    pub breaker_max_backoff: Duration,
+    /// Most runner starts in any rolling minute — the last fence against a runaway, whatever
+    /// else goes wrong. `None` (the default) means `max(60, 2 × max)`.
+    pub max_spawns_per_minute: Option<usize>,
 }
 
 impl Default for PoolConfig {
@@ -43,6 +56,10 @@ impl Default for PoolConfig {
             shutdown_timeout: Duration::from_secs(30),
             single_use: false,
             health_interval: Duration::from_secs(5),
+            boot_failure_threshold: 3,
+            breaker_backoff: Duration::from_secs(1),
+            breaker_max_backoff: Duration::from_secs(30),
+            max_spawns_per_minute: None,
         }
     }
 }
@@ -92,5 +109,27 @@ impl PoolConfig {
     pub fn health_interval(mut self, d: Duration) -> Self {
         self.health_interval = d;
         self
+    }
+    /// Sets `boot_failure_threshold` (at least 1).
+    pub fn boot_failure_threshold(mut self, n: u32) -> Self {
+        self.boot_failure_threshold = n;
+        self
+    }
+    /// Sets the breaker's first and longest backoff.
+    pub fn breaker_backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.breaker_backoff = first;
+        self.breaker_max_backoff = max;
+        self
+    }
+    /// Sets the spawn budget: most runner starts in any rolling minute (at least 1).
+    pub fn max_spawns_per_minute(mut self, n: usize) -> Self {
+        self.max_spawns_per_minute = Some(n);
+        self
+    }
+    /// The spawn budget in effect: `max_spawns_per_minute`, else `max(60, 2 × max)`.
+    pub fn spawn_budget(&self) -> usize {
+        self.max_spawns_per_minute
+            .unwrap_or_else(|| self.max.saturating_mul(2).max(60))
+            .max(1)
     }
 }

@@ -20,11 +20,19 @@
 //!   A runner that refuses connections while its backend says it runs is draining (on
 //!   `SIGTERM` a runner closes its listener first): it is retired instead — no new leases,
 //!   its calls in flight finish, and it is ended once they have.
+//! - Three fences keep a pool from starting runners in a loop (README "Safety"): before every
+//!   start it asks [`spawn_guard::check_spawn_allowed`] (a runner process never spawns unless
+//!   nesting was opted into, up to a hard depth cap); `boot_failure_threshold` consecutive failed
+//!   boots open a breaker (no starts for a capped exponential backoff, then one trial start;
+//!   callers no runner can serve fail at once with a retryable `NO_RUNNER` naming the last
+//!   failure); and a spawn budget caps starts in any rolling minute.
 
+use super::breaker::{Breaker, Gate};
 use super::{CheckoutOptions, Lease, LeaseOutcome, Pool, PoolConfig, PoolStats};
 use crate::backend::{labels, Backend, RunnerHandle, RunnerState, SpawnRequest};
 use crate::config::Secret;
 use crate::error::{Error, ErrorCode, Result};
+use crate::spawn_guard::{self, DEFAULT_MAX_DEPTH, MAX_NESTING_DEPTH, SPAWN_DEPTH_VAR};
 use crate::transport::Transport;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -75,16 +83,43 @@ pub enum PoolEvent {
         /// What was observed.
         reason: String,
     },
+    /// Boots kept failing: the pool starts no runner for `retry_in`, then tries one.
+    BreakerOpen {
+        /// The pool.
+        pool: String,
+        /// Consecutive failed boots.
+        failures: u32,
+        /// How long the pool waits before its next (single, trial) start.
+        retry_in: Duration,
+        /// The last boot failure.
+        last_error: String,
+    },
+    /// A runner came up after the breaker had opened: starts are back to normal.
+    BreakerClosed {
+        /// The pool.
+        pool: String,
+    },
+    /// The spawn budget (`max_spawns_per_minute`) is spent: no start until the window moves.
+    SpawnBudgetSpent {
+        /// The pool.
+        pool: String,
+        /// Starts allowed per rolling minute.
+        budget: usize,
+    },
 }
 
 impl PoolEvent {
-    /// The event's name: `grow_start`, `grow_end`, `shrink` or `runner_down`.
+    /// The event's name: `grow_start`, `grow_end`, `shrink`, `runner_down`, `breaker_open`,
+    /// `breaker_closed` or `spawn_budget_spent`.
     pub fn name(&self) -> &'static str {
         match self {
             PoolEvent::GrowStart { .. } => "grow_start",
             PoolEvent::GrowEnd { .. } => "grow_end",
             PoolEvent::Shrink { .. } => "shrink",
             PoolEvent::RunnerDown { .. } => "runner_down",
+            PoolEvent::BreakerOpen { .. } => "breaker_open",
+            PoolEvent::BreakerClosed { .. } => "breaker_closed",
+            PoolEvent::SpawnBudgetSpent { .. } => "spawn_budget_spent",
         }
     }
 }
@@ -106,6 +141,7 @@ pub type PoolEventHook = Arc<dyn Fn(&PoolEvent) + Send + Sync>;
 /// let req = t.request("default", Duration::from_secs(30));
 /// assert_eq!(req.env["FLAME_MODE"], "runner");
 /// assert_eq!(req.env["FLAME_PARENT_TIMEOUT"], "20000");
+/// assert_eq!(req.env["FLAME_SPAWN_DEPTH"], "1");
 /// assert_eq!(req.labels["flame.pool"], "default");
 /// ```
 #[derive(Clone)]
@@ -123,6 +159,10 @@ pub struct RunnerTemplate {
     pub env: BTreeMap<String, String>,
     /// The transport the pool pings and calls runners with; also the spawn-time prober.
     pub transport: Arc<dyn Transport>,
+    /// The deepest spawn depth runners of this template may have (see
+    /// [`spawn_guard`]): 1 — a top-level parent starts runners, runners start none — unless
+    /// nesting was opted into with [`RunnerTemplate::allow_nested`].
+    pub max_depth: u32,
 }
 
 impl fmt::Debug for RunnerTemplate {
@@ -151,7 +191,21 @@ impl RunnerTemplate {
             parent_timeout: Duration::from_secs(20),
             env: BTreeMap::new(),
             transport,
+            max_depth: DEFAULT_MAX_DEPTH,
         }
+    }
+
+    /// Lets runners of this template start runners of their own, down to spawn depth
+    /// `max_depth` (2: runners may start one more level). A `CONFIG` error above
+    /// [`MAX_NESTING_DEPTH`].
+    pub fn allow_nested(mut self, max_depth: u32) -> Result<Self> {
+        if max_depth > MAX_NESTING_DEPTH {
+            return Err(Error::config(format!(
+                "nested pools are capped at spawn depth {MAX_NESTING_DEPTH}; {max_depth} was asked for"
+            )));
+        }
+        self.max_depth = max_depth.max(DEFAULT_MAX_DEPTH);
+        Ok(self)
     }
 
     /// Sets how long runners live without parent contact.
@@ -166,8 +220,15 @@ impl RunnerTemplate {
         self
     }
 
-    /// A request for one new runner of `pool` (fresh runner id).
+    /// A request for one new runner of `pool` (fresh runner id), one spawn depth below this
+    /// process (a process whose depth cannot be read makes runners that can never spawn).
     pub fn request(&self, pool: &str, boot_timeout: Duration) -> SpawnRequest {
+        let depth = spawn_guard::spawn_depth().map_or(MAX_NESTING_DEPTH + 1, |d| d.saturating_add(1));
+        self.request_at_depth(pool, boot_timeout, depth)
+    }
+
+    /// A request for one new runner of `pool` at spawn depth `depth` (`FLAME_SPAWN_DEPTH`).
+    pub fn request_at_depth(&self, pool: &str, boot_timeout: Duration, depth: u32) -> SpawnRequest {
         let runner_id = format!("{pool}-{}", uuid::Uuid::new_v4().simple());
         let mut env = self.env.clone();
         for (k, v) in [
@@ -181,6 +242,7 @@ impl RunnerTemplate {
             ),
             ("FLAME_RUNNER_ID", runner_id.clone()),
             ("FLAME_POOL", pool.to_owned()),
+            (SPAWN_DEPTH_VAR, depth.to_string()),
         ] {
             env.insert(k.to_owned(), v);
         }
@@ -288,6 +350,20 @@ impl ElasticPoolBuilder {
         } else {
             config.max_concurrency
         };
+        // A process that may not start runners (a runner, past the depth cap) gets a pool that
+        // refuses at once with the reason, rather than one that tries and fails.
+        let refusal = spawn_guard::check_spawn_allowed(self.template.max_depth)
+            .err()
+            .map(|e| e.message().to_owned());
+        if let Some(e) = &refusal {
+            tracing::warn!(target: "flame::pool", pool = %self.name, error = %e, "this pool will never start a runner");
+        }
+        let breaker = Breaker::new(
+            config.boot_failure_threshold,
+            config.breaker_backoff,
+            config.breaker_max_backoff,
+            config.spawn_budget(),
+        );
         let shared = Arc::new(Shared {
             name: self.name,
             conc,
@@ -296,7 +372,11 @@ impl ElasticPoolBuilder {
             backend: self.backend,
             template: self.template,
             hooks: self.hooks,
-            state: Mutex::new(State::default()),
+            refusal,
+            state: Mutex::new(State {
+                breaker,
+                ..State::default()
+            }),
             closed: CancellationToken::new(),
             changed: Notify::new(),
             terminating: AtomicUsize::new(0),
@@ -427,6 +507,8 @@ struct Shared {
     backend: Arc<dyn Backend>,
     template: RunnerTemplate,
     hooks: Vec<PoolEventHook>,
+    /// Why this process may not start runners at all (see [`spawn_guard`]): a `CONFIG` error.
+    refusal: Option<String>,
     state: Mutex<State>,
     /// Fires when the pool shuts down (stops monitors).
     closed: CancellationToken,
@@ -436,7 +518,6 @@ struct Shared {
     terminating: AtomicUsize,
 }
 
-#[derive(Default)]
 struct State {
     runners: HashMap<u64, Runner>,
     /// Runners that take leases and have a free slot, by `(load, id)`.
@@ -450,6 +531,34 @@ struct State {
     /// Consecutive failed starts, and when `min` may be retried after them.
     spawn_failures: u32,
     min_retry_at: Option<Instant>,
+    /// The crash-loop breaker and spawn budget.
+    breaker: Breaker,
+    /// When a rebalance is already scheduled (after a breaker backoff or a spent budget).
+    wake_at: Option<Instant>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        let d = PoolConfig::default();
+        State {
+            runners: HashMap::new(),
+            free: BTreeSet::new(),
+            booting: 0,
+            waiters: BTreeMap::new(),
+            next_id: 0,
+            in_flight: 0,
+            closed: false,
+            spawn_failures: 0,
+            min_retry_at: None,
+            breaker: Breaker::new(
+                d.boot_failure_threshold,
+                d.breaker_backoff,
+                d.breaker_max_backoff,
+                d.spawn_budget(),
+            ),
+            wake_at: None,
+        }
+    }
 }
 
 impl State {
@@ -489,6 +598,8 @@ struct Actions {
     spawns: usize,
     terminate: Vec<(RunnerHandle, &'static str)>,
     events: Vec<PoolEvent>,
+    /// Rebalance again at this instant (a breaker backoff or the spawn budget ends then).
+    wake: Option<Instant>,
 }
 
 impl Actions {
@@ -497,6 +608,10 @@ impl Actions {
         self.spawns += other.spawns;
         self.terminate.extend(other.terminate);
         self.events.extend(other.events);
+        self.wake = match (self.wake, other.wake) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 }
 
@@ -554,6 +669,20 @@ impl Shared {
             } => {
                 tracing::warn!(target: "flame::pool", event = "runner_down", pool, runner = runner_id, reason = %reason, "runner is down")
             }
+            PoolEvent::BreakerOpen {
+                pool,
+                failures,
+                retry_in,
+                last_error,
+            } => {
+                tracing::error!(target: "flame::pool", event = "breaker_open", pool, failures, retry_in_ms = retry_in.as_millis() as u64, last_error = %last_error, "runners keep failing to boot: starting none for a while")
+            }
+            PoolEvent::BreakerClosed { pool } => {
+                tracing::info!(target: "flame::pool", event = "breaker_closed", pool, "a runner booted again: starts are back to normal")
+            }
+            PoolEvent::SpawnBudgetSpent { pool, budget } => {
+                tracing::error!(target: "flame::pool", event = "spawn_budget_spent", pool, budget, "spawn budget spent: no runner starts until the rolling minute moves on")
+            }
         }
         for hook in &self.hooks {
             hook(&event);
@@ -607,6 +736,9 @@ impl Shared {
         if st.closed {
             return actions;
         }
+        if self.refusal.is_some() {
+            return actions;
+        }
         let now = Instant::now();
         let min_ok = st.min_retry_at.map_or(true, |t| now >= t);
         loop {
@@ -615,11 +747,37 @@ impl Shared {
                 break;
             }
             let uncovered = st.waiters.len().saturating_sub(st.booting * self.conc);
-            if uncovered > 0 || (total < self.config.min && min_ok) {
-                st.booting += 1;
-                actions.spawns += 1;
-            } else {
+            if !(uncovered > 0 || (total < self.config.min && min_ok)) {
                 break;
+            }
+            match st.breaker.gate(now, st.booting) {
+                Gate::Open | Gate::Trial => {}
+                Gate::TrialBooting => break,
+                Gate::BreakerUntil(at) => {
+                    actions.wake = Some(at);
+                    break;
+                }
+                Gate::BudgetUntil(at) => {
+                    if !st.breaker.budget_reported {
+                        st.breaker.budget_reported = true;
+                        actions.events.push(PoolEvent::SpawnBudgetSpent {
+                            pool: self.name.clone(),
+                            budget: self.config.spawn_budget(),
+                        });
+                    }
+                    actions.wake = Some(at);
+                    break;
+                }
+            }
+            st.breaker.started(now);
+            st.booting += 1;
+            actions.spawns += 1;
+        }
+        if let Some(at) = actions.wake {
+            if st.wake_at.is_some_and(|w| w <= at) {
+                actions.wake = None;
+            } else {
+                st.wake_at = Some(at);
             }
         }
         actions
@@ -642,6 +800,23 @@ impl Shared {
         for _ in 0..actions.spawns {
             let shared = self.clone();
             tokio::spawn(async move { shared.boot().await });
+        }
+        if let Some(at) = actions.wake {
+            let shared = self.clone();
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = shared.closed.cancelled() => return,
+                }
+                let actions = {
+                    let mut st = shared.lock();
+                    if st.wake_at == Some(at) {
+                        st.wake_at = None;
+                    }
+                    shared.rebalance(&mut st)
+                };
+                shared.apply(actions);
+            });
         }
     }
 
@@ -671,6 +846,16 @@ impl Shared {
             if st.waiters.is_empty() {
                 if let Some(&(_, id)) = st.free.first() {
                     return self.take_slot(&mut st, id);
+                }
+            }
+            if st.runners.is_empty() && st.booting == 0 {
+                // Nothing could serve a waiter: say why now instead of at the deadline.
+                if let Some(refusal) = &self.refusal {
+                    return Err(Error::config(refusal.clone()));
+                }
+                let now = Instant::now();
+                if let Gate::BreakerUntil(_) = st.breaker.gate(now, 0) {
+                    return Err(st.breaker.error(&self.name, now));
                 }
             }
             let id = st.next();
@@ -786,7 +971,14 @@ impl Shared {
     }
 
     async fn boot(self: Arc<Self>) {
-        let request = self.template.request(&self.name, self.config.boot_timeout);
+        // Asked again right before every start (the environment is the truth, not the state
+        // the pool was built in): a runner process never starts runners unless allowed.
+        let depth = spawn_guard::check_spawn_allowed(self.template.max_depth);
+        let request = self.template.request_at_depth(
+            &self.name,
+            self.config.boot_timeout,
+            *depth.as_ref().unwrap_or(&(MAX_NESTING_DEPTH + 1)),
+        );
         let runner_id = request.runner_id.clone();
         self.emit(PoolEvent::GrowStart {
             pool: self.name.clone(),
@@ -794,28 +986,32 @@ impl Shared {
         });
         let started = Instant::now();
         let boot_timeout = self.config.boot_timeout;
-        let result = match tokio::time::timeout(boot_timeout + BOOT_SLACK, self.backend.spawn(request)).await
-        {
-            Ok(Ok(handle)) if started.elapsed() > boot_timeout + BOOT_SLACK / 5 => {
-                // The backend overran the boot timeout: its runner is not wanted any more.
-                self.end_runner(handle, "boot_timeout").await;
-                Err(spawn_timeout(&runner_id, boot_timeout))
-            }
-            Ok(r) => r,
-            Err(_) => Err(spawn_timeout(&runner_id, boot_timeout)),
+        let result = match depth {
+            Err(refused) => Err(refused),
+            Ok(_) => match tokio::time::timeout(boot_timeout + BOOT_SLACK, self.backend.spawn(request)).await
+            {
+                Ok(Ok(handle)) if started.elapsed() > boot_timeout + BOOT_SLACK / 5 => {
+                    // The backend overran the boot timeout: its runner is not wanted any more.
+                    self.end_runner(handle, "boot_timeout").await;
+                    Err(spawn_timeout(&runner_id, boot_timeout))
+                }
+                Ok(r) => r,
+                Err(_) => Err(spawn_timeout(&runner_id, boot_timeout)),
+            },
         };
         match result {
             Ok(mut handle) => {
                 if handle.endpoint.secret.is_none() {
                     handle.endpoint.secret = Some(self.template.secret.clone());
                 }
-                let (actions, monitor) = {
+                let (actions, monitor, closed_breaker) = {
                     let mut st = self.lock();
                     st.spawn_failures = 0;
                     st.min_retry_at = None;
+                    let closed_breaker = st.breaker.succeeded();
                     if st.closed {
                         // Still counted as booting until it is ended, so shutdown waits for it.
-                        (None, None)
+                        (None, None, closed_breaker)
                     } else {
                         st.booting = st.booting.saturating_sub(1);
                         let id = st.next();
@@ -839,7 +1035,7 @@ impl Shared {
                         );
                         st.runners.insert(id, runner);
                         self.refile(&mut st, id);
-                        (Some(self.rebalance(&mut st)), Some(monitor))
+                        (Some(self.rebalance(&mut st)), Some(monitor), closed_breaker)
                     }
                 };
                 self.emit(PoolEvent::GrowEnd {
@@ -847,6 +1043,11 @@ impl Shared {
                     runner_id: runner_id.clone(),
                     error: None,
                 });
+                if closed_breaker {
+                    self.emit(PoolEvent::BreakerClosed {
+                        pool: self.name.clone(),
+                    });
+                }
                 match (actions, monitor) {
                     (Some(mut actions), Some((id, lost, went_idle, check_now))) => {
                         // These callers waited for this runner to boot.
@@ -875,37 +1076,64 @@ impl Shared {
                 }
             }
             Err(err) => {
-                let (failed, actions, retry_in) = {
+                let (failed, actions, retry_in, opened) = {
                     let mut st = self.lock();
                     st.booting = st.booting.saturating_sub(1);
+                    let now = Instant::now();
+                    let opened = st
+                        .breaker
+                        .failed(now, &err)
+                        .map(|backoff| (backoff, st.breaker.failures, st.breaker.error(&self.name, now)));
                     st.spawn_failures = st.spawn_failures.saturating_add(1);
                     let backoff = Duration::from_millis(100)
                         .saturating_mul(1u32 << st.spawn_failures.min(9))
                         .min(Duration::from_secs(30));
                     st.min_retry_at = Some(Instant::now() + backoff);
                     // The waiters this start would have served fail with its error; the rest
-                    // are still covered by runners booting.
+                    // are still covered by runners booting. Once the breaker opens, no start
+                    // will come for a while: with no runner to free a slot, every waiter not
+                    // covered by a boot still in progress fails now.
                     let uncovered = st.waiters.len().saturating_sub(st.booting * self.conc);
+                    let failing = if opened.is_some() && st.runners.is_empty() {
+                        uncovered
+                    } else {
+                        uncovered.min(self.conc)
+                    };
                     let mut failed = Vec::new();
-                    for _ in 0..uncovered.min(self.conc) {
+                    for _ in 0..failing {
                         if let Some((_, tx)) = st.waiters.pop_first() {
                             failed.push(tx);
                         }
                     }
                     let actions = self.rebalance(&mut st);
                     let below_min = st.runners.len() + st.booting < self.config.min && !st.closed;
-                    (failed, actions, below_min.then_some(backoff))
+                    (failed, actions, below_min.then_some(backoff), opened)
                 };
                 let message = err.to_string();
                 for tx in failed {
-                    let e = Error::new(err.code(), err.message()).with_retryable(err.is_retryable());
+                    let e = match &opened {
+                        Some((_, _, breaker_error)) => {
+                            Error::new(breaker_error.code(), breaker_error.message())
+                                .with_retryable(true)
+                                .with_details(breaker_error.details().cloned().unwrap_or_default())
+                        }
+                        None => Error::new(err.code(), err.message()).with_retryable(err.is_retryable()),
+                    };
                     let _ = tx.send(Err(e));
                 }
                 self.emit(PoolEvent::GrowEnd {
                     pool: self.name.clone(),
                     runner_id,
-                    error: Some(message),
+                    error: Some(message.clone()),
                 });
+                if let Some((retry_in, failures, _)) = opened {
+                    self.emit(PoolEvent::BreakerOpen {
+                        pool: self.name.clone(),
+                        failures,
+                        retry_in,
+                        last_error: message,
+                    });
+                }
                 self.apply(actions);
                 if let Some(delay) = retry_in {
                     let shared = self.clone();

@@ -1,6 +1,7 @@
 //! Pools of runners: the [`Pool`] trait, the [`Lease`] it hands out, and the pools flame
 //! ships ([`StaticPool`] over fixed URLs, [`ElasticPool`] grown through a backend).
 
+mod breaker;
 mod config;
 pub mod elastic;
 mod static_pool;

@@ -55,6 +55,7 @@ pub struct Dispatcher {
     started: Instant,
     last_contact_ms: AtomicU64,
     draining: AtomicBool,
+    has_parent: bool,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -90,12 +91,20 @@ impl Dispatcher {
             started: Instant::now(),
             last_contact_ms: AtomicU64::new(0),
             draining: AtomicBool::new(false),
+            has_parent: false,
         }
     }
 
     /// Whether handler error details (e.g. panic text) go to the caller.
     pub fn with_expose_errors(mut self, expose: bool) -> Self {
         self.expose_errors = expose;
+        self
+    }
+
+    /// Marks this dispatcher as serving a runner a parent started (`FLAME_PARENT_ID`): its
+    /// health answers then say how long the parent has been silent.
+    pub fn with_parent(mut self, has_parent: bool) -> Self {
+        self.has_parent = has_parent;
         self
     }
 
@@ -144,7 +153,23 @@ impl Dispatcher {
             in_flight: Some(self.in_flight()),
             uptime_ms: Some(self.started.elapsed().as_millis() as u64),
             draining: self.is_draining(),
+            parent_silent_ms: self.parent_silent_ms(),
         }
+    }
+
+    /// The health answer for unauthenticated callers: alive, and how long the parent has been
+    /// silent (nothing else: no id, no load).
+    pub fn liveness(&self) -> RunnerStatus {
+        RunnerStatus {
+            ok: true,
+            parent_silent_ms: self.parent_silent_ms(),
+            ..RunnerStatus::default()
+        }
+    }
+
+    fn parent_silent_ms(&self) -> Option<u64> {
+        self.has_parent
+            .then(|| self.since_parent_contact().as_millis() as u64)
     }
 
     /// Handles a raw request body: 400 for malformed JSON, 404 for an unknown method, else 200

@@ -11,7 +11,8 @@
 //! | [`spawn_ping_invoke_terminate`] | spawn returns a pingable endpoint with the request's secret; `math`/`add(2, 3)` is 5; after terminate the runner is `Stopped` and unreachable |
 //! | [`boot_timeout_leaves_nothing`] | a runner that never passes its health check fails spawn with `SPAWN_TIMEOUT` within about `boot_timeout`, and nothing is left |
 //! | [`terminate_is_idempotent`] | terminating twice, or a runner that is already gone, is `Ok` |
-//! | [`reap_ends_leftovers`] | `reap` ends the runners of another (crashed) parent of the app, and keeps the live parent's |
+//! | [`reap_spares_a_live_parents_runner`] | `reap` by another parent of the app never ends a runner whose parent is in touch: it still serves afterwards |
+//! | [`reap_ends_leftovers`] | `reap` ends a runner whose parent has been silent past the failsafe window, and keeps the reaping parent's own |
 //! | [`engine_errors_are_typed`] | a backend whose engine refuses fails with a typed error (`BACKEND`, `SPAWN_TIMEOUT` or `CONFIG`), never a panic, without leaking the secret |
 //!
 //! ```no_run
@@ -129,7 +130,73 @@ pub async fn run_all(subject: &Subject) {
     spawn_ping_invoke_terminate(subject).await;
     terminate_is_idempotent(subject).await;
     boot_timeout_leaves_nothing(subject).await;
+    reap_spares_a_live_parents_runner(subject).await;
     reap_ends_leftovers(subject).await;
+}
+
+/// The failsafe window the reap checks judge with: short, so an orphan is found quickly.
+const REAP_WINDOW: Duration = Duration::from_secs(2);
+
+fn reap_scope(subject: &Subject, app: &str, live_parent: &str) -> ReapScope {
+    ReapScope::new(app, live_parent, subject.transport.clone())
+        .windows(REAP_WINDOW, REAP_WINDOW + Duration::from_secs(20))
+}
+
+/// Keeps a runner's parent "in touch": authenticated pings every 200 ms, as a live parent's
+/// pool does (more often than needed), until dropped.
+struct KeepInTouch(tokio::task::JoinHandle<()>);
+
+impl KeepInTouch {
+    fn start(transport: Arc<dyn Transport>, endpoint: Endpoint) -> Self {
+        KeepInTouch(tokio::spawn(async move {
+            loop {
+                let _ = transport.ping(&endpoint).await;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }))
+    }
+}
+
+impl Drop for KeepInTouch {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Parent B reaping never ends parent A's runner while A is in touch with it (replicas, a
+/// rolling deploy): after B's reap, A's runner still serves.
+pub async fn reap_spares_a_live_parents_runner(subject: &Subject) {
+    let name = subject.backend.name().to_owned();
+    let parent_a = format!("live-a-{}", uuid::Uuid::new_v4().simple());
+    let parent_b = format!("live-b-{}", uuid::Uuid::new_v4().simple());
+    let req = subject.request(&parent_a, subject.transport.clone());
+    let runner = subject.spawn(req.clone()).await;
+    let touch = KeepInTouch::start(subject.transport.clone(), runner.endpoint.clone());
+    // Longer than the window: were A's pings not counted, B would find the runner orphaned.
+    tokio::time::sleep(REAP_WINDOW + Duration::from_millis(500)).await;
+    let ended = subject
+        .backend
+        .reap(&reap_scope(subject, &req.app, &parent_b))
+        .await
+        .unwrap_or_else(|e| panic!("[{name}] reap failed: {e}"));
+    let sum = subject
+        .transport
+        .invoke(&runner.endpoint, &add_invocation())
+        .await;
+    drop(touch);
+    assert!(
+        matches!(sum.as_deref(), Ok(r#"{"json":5}"#)),
+        "[{name}] reap by parent B ({ended} ended) broke live parent A's runner: {sum:?}"
+    );
+    assert_eq!(
+        subject.backend.status(&runner).await.ok(),
+        Some(RunnerState::Running),
+        "[{name}] the live parent's runner still runs after another parent's reap"
+    );
+    if let Err(e) = subject.backend.terminate(&runner).await {
+        panic!("[{name}] terminate failed: {e}");
+    }
+    assert_nothing_left(subject, &req, Duration::from_secs(30), "after terminate").await;
 }
 
 fn add_invocation() -> Invocation {
@@ -299,7 +366,9 @@ pub async fn boot_timeout_leaves_nothing(subject: &Subject) {
     assert_nothing_left(subject, &req, Duration::from_secs(30), "after a boot timeout").await;
 }
 
-/// `reap` ends the runners a crashed parent of the same app left and keeps the live parent's.
+/// `reap` ends a runner whose parent has gone silent past the failsafe window (a crashed
+/// parent; its runner's own failsafe has a longer window here, so it is still there to be
+/// found) and keeps the reaping parent's own runner.
 pub async fn reap_ends_leftovers(subject: &Subject) {
     let name = subject.backend.name().to_owned();
     let crashed = format!("crashed-{}", uuid::Uuid::new_v4().simple());
@@ -308,13 +377,11 @@ pub async fn reap_ends_leftovers(subject: &Subject) {
     let live_req = subject.request(&live, subject.transport.clone());
     let old = subject.spawn(old_req.clone()).await;
     let kept = subject.spawn(live_req.clone()).await;
-    let scope = ReapScope {
-        app: old_req.app.clone(),
-        live_parent: live.clone(),
-    };
+    // The crashed parent says nothing more; let its silence pass the window.
+    tokio::time::sleep(REAP_WINDOW + Duration::from_millis(500)).await;
     let ended = subject
         .backend
-        .reap(&scope)
+        .reap(&reap_scope(subject, &old_req.app, &live))
         .await
         .unwrap_or_else(|e| panic!("[{name}] reap failed: {e}"));
     assert!(

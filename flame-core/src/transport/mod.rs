@@ -114,8 +114,12 @@ pub struct RunnerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uptime_ms: Option<u64>,
     /// True once the runner drains and takes no new calls.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub draining: bool,
+    /// Milliseconds since the runner last heard from its parent (runners a parent started;
+    /// also told to strangers: it is how `reap` tells a live parent's runner from an orphan).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent_silent_ms: Option<u64>,
 }
 
 /// The parent's way to reach a runner. Transports compose: retry, timeout and tracing are

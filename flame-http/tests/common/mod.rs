@@ -189,11 +189,12 @@ pub async fn start_with(
     config: impl FnOnce(Config) -> Config,
 ) -> TestServer {
     let probe = Probe::default();
-    let dispatcher = Arc::new(Dispatcher::new(registry(&probe), "test-runner"));
     let mut cfg = Config::default();
     cfg.secret = secret.map(Secret::new);
     cfg.listen = Some("127.0.0.1:0".parse().unwrap());
     let cfg = config(cfg);
+    let dispatcher =
+        Arc::new(Dispatcher::new(registry(&probe), "test-runner").with_parent(cfg.parent_id.is_some()));
     let bound: BoundServer = HttpServer::with_options(options)
         .bind(dispatcher.clone(), &cfg)
         .await
