@@ -10,9 +10,18 @@
 //!   from its own image (nothing configured), calls it, prints `IMAGE <image>`,
 //!   `PARENT <its own whoami json>` and `WHOAMI <the runner's json>`, terminates the runner and exits.
 //! - `docker_runner never-ready`: prints a line and sleeps, never announcing `FLAME_READY`.
+//! - `docker_runner parent <image> <app> <runners> <call-ms>`: a real flame parent (an elastic
+//!   pool `default` of exactly `<runners>` Docker runners, failsafe window from
+//!   `FLAME_PARENT_TIMEOUT`, 10 s boot timeout). It prints `PARENT <its parent id>`, then
+//!   `READY` once its runners serve. With `<call-ms>` > 0, one caller per runner calls
+//!   `utils/sleep(<call-ms>)` over and over, printing `CALL_START <caller> <n> <unix-ms>` and
+//!   `CALL_OK …` or `CALL_ERR <caller> <n> <unix-ms> <error>`. On stdin, `reap` runs this
+//!   parent's own reap (the scope `start` reaps with) and prints `REAPED <ended> <start-ms>
+//!   <end-ms>` (or `REAP_ERR <error>`); `exit` or end of input shuts it down (runners ended)
+//!   and exits. The two-parent tests run two of these side by side and `kill -9` one.
 
-use flame_backend_docker::DockerBackend;
-use flame_core::{Backend, Context, Error, Flame, Method, Registry, Secret, SpawnRequest};
+use flame_backend_docker::{DockerBackend, PullPolicy};
+use flame_core::{Backend, Context, Error, Flame, Method, Mode, PoolConfig, Registry, Secret, SpawnRequest};
 use flame_http::{HttpExt, HttpTransport};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -23,6 +32,9 @@ use std::time::Duration;
 const ADD: Method<(i64, i64), i64> = Method::new("math", "add");
 /// `utils/nonce`: a fresh random string per call.
 const NONCE: Method<(), String> = Method::new("utils", "nonce");
+/// `utils/sleep`: sleeps this many milliseconds, then answers them (a call that stays in
+/// flight).
+const SLEEP: Method<u64, u64> = Method::new("utils", "sleep");
 /// `utils/whoami`: where the runner runs (pid, hostname, cgroup, executable, pid 1).
 const WHOAMI: Method<(), WhoAmI> = Method::new("utils", "whoami");
 
@@ -60,6 +72,10 @@ fn registry() -> Registry {
             Ok(format!("{}-{}", ctx.invocation_id(), std::process::id()))
         })
         .handle(WHOAMI, |_ctx: Context, (): ()| async move { Ok(whoami()) })
+        .handle(SLEEP, |_ctx: Context, ms: u64| async move {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Ok(ms)
+        })
 }
 
 fn spawn_request(app: &str, parent: &str, parent_timeout_ms: u64) -> SpawnRequest {
@@ -133,10 +149,130 @@ async fn parent(args: &[String]) -> Result<(), Error> {
             println!("WHOAMI {}", serde_json::to_string(&who)?);
             Ok(())
         }
+        Some("parent") => {
+            let [_, image, app, runners, call_ms] = args else {
+                return Err(Error::config("usage: parent <image> <app> <runners> <call-ms>"));
+            };
+            let runners: usize = runners
+                .parse()
+                .map_err(|_| Error::config("runners is not a number"))?;
+            let call_ms: u64 = call_ms
+                .parse()
+                .map_err(|_| Error::config("call-ms is not a number"))?;
+            let backend = DockerBackend::builder()
+                .image(image.clone())
+                .use_own_image(false)
+                .pull_policy(PullPolicy::Never)
+                .stop_grace(Duration::from_secs(2))
+                .label("flame.test", "1")
+                .build()?;
+            serve_as_parent(Arc::new(backend), app, runners, call_ms).await
+        }
         _ => Err(Error::config(
-            "set FLAME_MODE=runner, or pass `hold`, `own-image` or `never-ready`",
+            "set FLAME_MODE=runner, or pass `hold`, `own-image`, `parent` or `never-ready`",
         )),
     }
+}
+
+fn unix_ms() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// The `parent` mode: a real flame parent with `runners` runners, callers that keep calls in
+/// flight, and `reap` / `exit` commands on stdin.
+async fn serve_as_parent(
+    backend: Arc<dyn Backend>,
+    app: &str,
+    runners: usize,
+    call_ms: u64,
+) -> Result<(), Error> {
+    let flame = Flame::builder(registry())
+        .http()
+        .from_env()?
+        .mode(Mode::Parent)
+        .app(app)
+        .backend_shared(backend.clone())
+        .pool(
+            "default",
+            PoolConfig::default()
+                .min(runners)
+                .max(runners)
+                .max_concurrency(1)
+                .boot_timeout(Duration::from_secs(10))
+                .health_interval(Duration::from_secs(1))
+                .idle_shutdown_after(Duration::from_secs(3600)),
+        )
+        .start()
+        .await?;
+    println!("PARENT {}", flame.parent_id());
+    let pool = flame
+        .pool("default")
+        .cloned()
+        .ok_or_else(|| Error::config("no pool `default`"))?;
+    let until = tokio::time::Instant::now() + Duration::from_secs(120);
+    while pool.stats().runners < runners {
+        if tokio::time::Instant::now() > until {
+            return Err(Error::config(format!(
+                "only {} of {runners} runners came up within 120 s",
+                pool.stats().runners
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    println!("READY");
+    if call_ms > 0 {
+        for caller in 0..runners {
+            let flame = flame.clone();
+            tokio::spawn(async move {
+                for n in 1u64.. {
+                    println!("CALL_START {caller} {n} {}", unix_ms());
+                    match flame.call(SLEEP, call_ms).await {
+                        Ok(_) => println!("CALL_OK {caller} {n} {}", unix_ms()),
+                        Err(e) => {
+                            let text = e.to_string().replace('\n', " ");
+                            println!("CALL_ERR {caller} {n} {} {text}", unix_ms());
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                    }
+                }
+            });
+        }
+    }
+    // Stdin on a thread of its own (blocking reads); its end closes the channel.
+    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(line) = lines.recv().await {
+        match line.trim() {
+            "reap" => {
+                let Some(scope) = flame.reap_scope() else {
+                    println!("REAP_ERR no reap scope");
+                    continue;
+                };
+                let start = unix_ms();
+                match backend.reap(&scope).await {
+                    Ok(n) => println!("REAPED {n} {start} {}", unix_ms()),
+                    Err(e) => println!("REAP_ERR {}", e.to_string().replace('\n', " ")),
+                }
+            }
+            "exit" => break,
+            _ => {}
+        }
+    }
+    let shut = flame.shutdown().await;
+    if let Err(e) = &shut {
+        println!("SHUTDOWN_ERR {}", e.to_string().replace('\n', " "));
+    }
+    shut
 }
 
 #[tokio::main]

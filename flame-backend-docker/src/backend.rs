@@ -8,14 +8,15 @@ use crate::error::{engine_error, is_conflict, is_not_found, status_of};
 use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::models::{
-    ContainerCreateBody, ContainerStateStatusEnum, DeviceRequest, HostConfig, HostConfigLogConfig,
+    ContainerCreateBody, ContainerStateStatusEnum, ContainerSummaryStateEnum, DeviceRequest, HostConfig,
+    HostConfigLogConfig,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, CreateImageOptionsBuilder, ListContainersOptionsBuilder,
     LogsOptionsBuilder, RemoveContainerOptionsBuilder, StopContainerOptionsBuilder,
 };
 use bollard::Docker;
-use flame_core::backend::labels;
+use flame_core::backend::{labels, ReapCandidate};
 use flame_core::{
     AddressResolver, Backend, Endpoint, Error, ErrorCode, ReapScope, Result, RunnerAddress, RunnerHandle,
     RunnerState, SpawnRequest,
@@ -255,6 +256,15 @@ impl DockerBackendBuilder {
 ///   environment, with the variables the user forwards.
 /// - **Labels.** Every container carries `flame.app`, `flame.pool`, `flame.parent` and
 ///   `flame.runner`, and `AutoRemove`, so a runner that exits is gone.
+/// - **Reap** ends only provably orphaned runners of the app ([`flame_core::backend::reap`]),
+///   never a live parent's (replicas, rolling deploys): exited containers, containers created
+///   but never started for longer than the unreachable window, and running ones whose
+///   unauthenticated health answer says their parent has been silent past the failsafe
+///   window, or that do not answer at all for the unreachable window. It finds each runner's
+///   address as spawn does: the `FLAME_READY <url>` line read back from the container's log
+///   (host networking), or its address on the named network, through the address resolver
+///   when one is set. A runner whose address it cannot learn (its log rotated the line away)
+///   is spared: its own failsafe ends it when its parent is gone.
 /// - **Address.** The runner's URL comes from its `FLAME_READY <url>` line in the container's
 ///   log stream ([`Network::Host`]), or from its address on a [`Network::Named`] network; the
 ///   address resolver overrides either.
@@ -653,7 +663,7 @@ impl DockerBackend {
     async fn runner_url(
         &self,
         docker: &Docker,
-        request: &SpawnRequest,
+        runner_id: &str,
         id: &str,
         announced: &str,
     ) -> Result<String> {
@@ -708,7 +718,7 @@ impl DockerBackend {
         };
         if let Some(resolve) = &self.inner.settings.resolver {
             let address = RunnerAddress {
-                runner_id: request.runner_id.clone(),
+                runner_id: runner_id.to_owned(),
                 backend_id: id.to_owned(),
                 host: Some(host),
                 port,
@@ -750,7 +760,9 @@ impl DockerBackend {
                 ))
             }
         };
-        let url = self.runner_url(docker, request, id, &announced).await?;
+        let url = self
+            .runner_url(docker, &request.runner_id, id, &announced)
+            .await?;
         let endpoint = Endpoint::new(url, request.runner_id.clone()).with_secret(request.secret.clone());
         let mut delay = Duration::from_millis(20);
         let mut last_error = None;
@@ -803,6 +815,123 @@ impl DockerBackend {
             format!("runner container {} is still being removed after 10 s", short(id)),
             true,
         ))
+    }
+}
+
+impl DockerBackend {
+    /// The `FLAME_READY <url>` line runner container `id` printed at boot, read back from its
+    /// log (not followed, at most [`LOG_SCAN_LIMIT`] bytes, bounded by the API timeout).
+    /// `None` when the log cannot be read or no longer holds the line (a rotating log driver
+    /// dropped it, or the runner never announced).
+    async fn logged_url(&self, docker: &Docker, id: &str) -> Option<String> {
+        let options = LogsOptionsBuilder::new()
+            .follow(false)
+            .stdout(true)
+            .stderr(true)
+            .build();
+        let mut logs = docker.logs(id, Some(options));
+        let scan = async {
+            let mut partial = String::new();
+            let mut read = 0usize;
+            while let Some(item) = logs.next().await {
+                let bytes = match item {
+                    Ok(LogOutput::StdOut { message })
+                    | Ok(LogOutput::StdErr { message })
+                    | Ok(LogOutput::Console { message }) => message,
+                    Ok(LogOutput::StdIn { .. }) => continue,
+                    Err(_) => return None,
+                };
+                read += bytes.len();
+                partial.push_str(&String::from_utf8_lossy(&bytes));
+                while let Some(nl) = partial.find('\n') {
+                    let line: String = partial.drain(..=nl).collect();
+                    if let Some(url) = detect::ready_url(&line) {
+                        return Some(url.to_owned());
+                    }
+                }
+                if read > LOG_SCAN_LIMIT {
+                    return None;
+                }
+            }
+            detect::ready_url(&partial).map(str::to_owned)
+        };
+        tokio::time::timeout(self.inner.settings.api_timeout, scan)
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Where `reap` probes runner `runner_id` in container `id`: found as spawn finds it (the
+    /// `FLAME_READY` line, or the known port on a named network; the address resolver wins),
+    /// without the secret. `None` when it cannot be told.
+    async fn reap_endpoint(&self, docker: &Docker, runner_id: &str, id: &str) -> Option<Endpoint> {
+        let announced = match (self.logged_url(docker, id).await, &self.inner.settings.network) {
+            (Some(url), _) => url,
+            (None, Network::Named(_)) => format!("http://0.0.0.0:{}", self.inner.settings.runner_port),
+            (None, Network::Host) => return None,
+        };
+        match self.runner_url(docker, runner_id, id, &announced).await {
+            Ok(url) => Some(Endpoint::new(url, runner_id.to_owned())),
+            Err(e) => {
+                tracing::debug!(container = %short(id), error = %e, "flame docker: reap cannot tell where this runner listens");
+                None
+            }
+        }
+    }
+
+    /// Ends a container `reap` chose: an exited one is removed; a running one is stopped
+    /// (SIGTERM, the stop grace, SIGKILL), then removed.
+    async fn end_orphan(&self, docker: &Docker, id: &str, running: bool) -> Result<()> {
+        if running {
+            let options = StopContainerOptionsBuilder::new()
+                .t(self.stop_grace_secs())
+                .build();
+            match self
+                .call_raw(
+                    "stop the runner container",
+                    docker.stop_container(id, Some(options)),
+                )
+                .await
+            {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if is_not_found(&e) || is_conflict(&e) => {}
+                // A frozen (paused) or wedged container may refuse the stop: the forced
+                // removal below kills it either way.
+                Ok(Err(e)) => {
+                    tracing::debug!(container = %short(id), error = %e, "flame docker: stop refused; removing with force")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.remove(docker, id).await
+    }
+}
+
+/// The most log `reap` reads looking for a runner's `FLAME_READY` line (it is the runner's
+/// first line; past this much output it has been rotated away or never came).
+const LOG_SCAN_LIMIT: usize = 1 << 20;
+
+/// A runner container as `reap` sees it: its candidate, unless `reap` has no business with
+/// it at all.
+fn reap_state(
+    state: Option<&ContainerSummaryStateEnum>,
+    age: Duration,
+    unreachable_after: Duration,
+) -> Option<RunnerState> {
+    match state? {
+        ContainerSummaryStateEnum::RUNNING | ContainerSummaryStateEnum::PAUSED => Some(RunnerState::Running),
+        ContainerSummaryStateEnum::RESTARTING => Some(RunnerState::Booting),
+        // Never started: a live parent starts its containers within moments of creating them
+        // (and removes them at its boot timeout), so one this old was left by a parent that
+        // died in between: only its remains are left. A younger one may be booting.
+        ContainerSummaryStateEnum::CREATED if age >= unreachable_after => Some(RunnerState::Stopped),
+        ContainerSummaryStateEnum::EXITED | ContainerSummaryStateEnum::DEAD => Some(RunnerState::Stopped),
+        // Being stopped or removed already (perhaps by its own live parent, draining): leave
+        // it to whoever is ending it.
+        ContainerSummaryStateEnum::CREATED
+        | ContainerSummaryStateEnum::STOPPING
+        | ContainerSummaryStateEnum::REMOVING
+        | ContainerSummaryStateEnum::EMPTY => None,
     }
 }
 
@@ -955,20 +1084,67 @@ impl Backend for DockerBackend {
         let containers = self
             .call("list runner containers", docker.list_containers(Some(options)))
             .await?;
-        let mut reaped = 0;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let mut candidates = Vec::new();
         for c in containers {
             let labels = c.labels.unwrap_or_default();
-            if labels.get(labels::APP) != Some(&scope.app)
-                || labels.get(labels::PARENT) == Some(&scope.live_parent)
-            {
+            let Some(id) = c.id else { continue };
+            if labels.get(labels::APP) != Some(&scope.app) {
                 continue;
             }
-            let Some(id) = c.id else { continue };
-            self.remove(&docker, &id).await?;
-            tracing::info!(container = %short(&id), parent = ?labels.get(labels::PARENT), "flame docker: reaped a runner of an earlier parent");
-            reaped += 1;
+            let age = Duration::from_secs(now.saturating_sub(c.created.unwrap_or(now)).max(0) as u64);
+            let Some(state) = reap_state(c.state.as_ref(), age, scope.unreachable_after) else {
+                continue;
+            };
+            let parent = labels.get(labels::PARENT).cloned();
+            let runner_id = labels
+                .get(labels::RUNNER)
+                .cloned()
+                .unwrap_or_else(|| short(&id).to_owned());
+            let no_probe = parent.as_deref().map_or(true, |p| p == scope.live_parent);
+            let endpoint = if no_probe || state == RunnerState::Stopped {
+                // The rule spares or ends these without a probe: no log to read.
+                None
+            } else {
+                match self.reap_endpoint(&docker, &runner_id, &id).await {
+                    Some(endpoint) => Some(endpoint),
+                    None => {
+                        // Its address is unknown (its `FLAME_READY` line is not in its log any
+                        // more, or not yet): nothing proves it orphaned. Its own failsafe ends
+                        // it if its parent is gone, and AutoRemove removes the container.
+                        tracing::debug!(container = %short(&id), runner = %runner_id, "flame docker: reap spares a runner whose address it cannot learn");
+                        continue;
+                    }
+                }
+            };
+            candidates.push(ReapCandidate::new(runner_id, id, parent, state, endpoint));
         }
-        Ok(reaped)
+        let chosen = scope.select(candidates).await;
+        let ends = chosen
+            .iter()
+            .map(|(c, _)| self.end_orphan(&docker, &c.backend_id, c.state != RunnerState::Stopped));
+        let results = futures::future::join_all(ends).await;
+        let mut ended = 0;
+        let mut first_error: Option<Error> = None;
+        for ((c, reason), result) in chosen.iter().zip(results) {
+            match result {
+                Ok(()) => {
+                    tracing::info!(container = %short(&c.backend_id), runner = %c.runner_id, parent = ?c.parent_id, %reason, "flame docker: reaped an orphaned runner");
+                    ended += 1;
+                }
+                Err(e) => {
+                    tracing::warn!(container = %short(&c.backend_id), error = %e, "flame docker: reap could not remove an orphaned runner");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e.context(format!("reap removed {ended} orphaned runner container(s), then"))),
+            None => Ok(ended),
+        }
     }
 }
 
@@ -1089,6 +1265,45 @@ mod tests {
         let req = &ids.host_config.unwrap().device_requests.unwrap()[0];
         assert_eq!(req.device_ids, Some(vec!["0".to_owned(), "2".to_owned()]));
         assert_eq!(req.count, None);
+    }
+
+    #[test]
+    fn reap_states_follow_the_container_lifecycle() {
+        use ContainerSummaryStateEnum as S;
+        let window = Duration::from_secs(50);
+        let young = Duration::from_secs(3);
+        let old = Duration::from_secs(60);
+        assert_eq!(
+            reap_state(Some(&S::RUNNING), young, window),
+            Some(RunnerState::Running)
+        );
+        assert_eq!(
+            reap_state(Some(&S::PAUSED), old, window),
+            Some(RunnerState::Running)
+        );
+        assert_eq!(
+            reap_state(Some(&S::RESTARTING), old, window),
+            Some(RunnerState::Booting)
+        );
+        assert_eq!(
+            reap_state(Some(&S::EXITED), young, window),
+            Some(RunnerState::Stopped)
+        );
+        assert_eq!(
+            reap_state(Some(&S::DEAD), young, window),
+            Some(RunnerState::Stopped)
+        );
+        // Never started: maybe a live parent is starting it, until that cannot be.
+        assert_eq!(reap_state(Some(&S::CREATED), young, window), None);
+        assert_eq!(
+            reap_state(Some(&S::CREATED), old, window),
+            Some(RunnerState::Stopped)
+        );
+        // Someone is ending it already.
+        for s in [S::STOPPING, S::REMOVING, S::EMPTY] {
+            assert_eq!(reap_state(Some(&s), old, window), None, "{s}");
+        }
+        assert_eq!(reap_state(None, old, window), None);
     }
 
     #[test]

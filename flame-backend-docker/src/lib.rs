@@ -30,8 +30,10 @@
 //!   `/var/run/docker.sock`; the API version is negotiated with the engine.
 //! - Every container carries the labels `flame.app`, `flame.pool`, `flame.parent` and
 //!   `flame.runner`, plus `AutoRemove`, so a runner that exits (its failsafe fired, or it
-//!   crashed) leaves no container behind; `reap` removes containers of an app whose parent is
-//!   not the live one.
+//!   crashed) leaves no container behind. `reap` removes only provably orphaned runners of the
+//!   app — exited, or reporting (unauthenticated, no secret) that their parent has been silent
+//!   past the failsafe window, or not answering for longer than that plus the boot timeout —
+//!   and never a runner of another live parent (replicas and rolling deploys are safe).
 //! - `spawn` returns only once the runner answers `ping`; past `boot_timeout` the container is
 //!   removed and the error is `SPAWN_TIMEOUT`. `terminate` stops (SIGTERM, grace time), then
 //!   removes, and is idempotent.

@@ -262,10 +262,11 @@ async fn unreachable_dockerd_gives_typed_retryable_errors() {
             backend.terminate(&handle).await.unwrap_err(),
             backend.status(&handle).await.unwrap_err(),
             backend
-                .reap(&ReapScope {
-                    app: app.clone(),
-                    live_parent: "p".into(),
-                })
+                .reap(&ReapScope::new(
+                    &app,
+                    "p",
+                    Arc::new(flame_http::HttpTransport::new()),
+                ))
                 .await
                 .unwrap_err(),
         ] {
@@ -330,10 +331,7 @@ async fn dockerd_gone_mid_test_gives_typed_errors_and_no_leak() {
     assert_eq!(backend.status(&handle).await.unwrap(), RunnerState::Running);
 
     let port = proxy.stop().await;
-    let scope = ReapScope {
-        app: app.clone(),
-        live_parent: "someone-else".into(),
-    };
+    let scope = ReapScope::new(&app, "someone-else", Arc::new(flame_http::HttpTransport::new()));
     let errors = [
         backend.status(&handle).await.unwrap_err(),
         backend.terminate(&handle).await.unwrap_err(),
@@ -847,10 +845,7 @@ async fn dockerd_killed_mid_test_gives_typed_errors_and_no_leak() {
     assert_eq!(sum, 4);
 
     engine.kill9();
-    let scope = ReapScope {
-        app: app.clone(),
-        live_parent: "someone-else".into(),
-    };
+    let scope = ReapScope::new(&app, "someone-else", Arc::new(flame_http::HttpTransport::new()));
     let errors = [
         backend.status(&handle).await.unwrap_err(),
         backend.terminate(&handle).await.unwrap_err(),

@@ -8,7 +8,7 @@ use aws_sdk_ecs::types::{
     KeyValuePair, LaunchType, NetworkConfiguration, Tag, Task, TaskField, TaskOverride,
 };
 use backon::{BackoffBuilder, ExponentialBuilder};
-use flame_core::backend::labels;
+use flame_core::backend::{labels, ReapCandidate};
 use flame_core::{
     Backend, Endpoint, Error, ReapScope, Result, RunnerAddress, RunnerHandle, RunnerState, SpawnRequest,
 };
@@ -25,6 +25,13 @@ const DESCRIBE_BATCH: usize = 100;
 
 /// A [`Backend`] whose runners are ECS tasks: RunTask, DescribeTasks until `RUNNING` with an
 /// ENI address, `ping` until healthy; StopTask to end; ListTasks + tags to reap.
+///
+/// `reap` ends only provably orphaned tasks of the app ([`flame_core::backend::reap`]), never
+/// a runner of another live parent (replicas, rolling deploys): it probes each other parent's
+/// task at its ENI address (through the address resolver when one is set) without the secret,
+/// and stops those whose runner says its parent has been silent past the failsafe window, or
+/// that do not answer for the unreachable window (the failsafe window plus the boot timeout).
+/// A task still provisioning, without an address, is spared.
 ///
 /// Build it with [`EcsBackend::builder`]. Cloning is cheap (the SDK client is shared).
 #[derive(Clone)]
@@ -610,24 +617,62 @@ impl Backend for EcsBackend {
     async fn reap(&self, scope: &ReapScope) -> Result<usize> {
         let arns = self.list_app_tasks(&scope.app).await?;
         let tasks = self.describe_with_tags(&arns).await?;
-        let mut stopped = 0;
-        let mut failed: Option<Error> = None;
+        let mut candidates = Vec::new();
         for task in &tasks {
             let tags = tag_map(task);
-            let orphan = tags.get(labels::APP) == Some(&scope.app.as_str())
-                && tags.get(labels::PARENT) != Some(&scope.live_parent.as_str())
-                && task.desired_status() != Some("STOPPED");
-            let Some(arn) = task.task_arn().filter(|_| orphan) else {
-                continue;
-            };
-            let parent = tags.get(labels::PARENT).copied().unwrap_or("(none)");
-            match self
-                .stop(arn, &format!("flame: reaped, parent {parent} is gone"))
-                .await
+            // Tasks already told to stop are on their way out (perhaps drained by their own
+            // live parent): nothing to do.
+            if tags.get(labels::APP) != Some(&scope.app.as_str()) || task.desired_status() == Some("STOPPED")
             {
-                Ok(()) => stopped += 1,
+                continue;
+            }
+            let Some(arn) = task.task_arn() else { continue };
+            let parent = tags.get(labels::PARENT).map(|p| (*p).to_owned());
+            let runner_id = tags
+                .get(labels::RUNNER)
+                .map(|r| (*r).to_owned())
+                .unwrap_or_else(|| arn.rsplit('/').next().unwrap_or(arn).to_owned());
+            let state = match phase(task) {
+                Phase::Booting => RunnerState::Booting,
+                Phase::Running { .. } => RunnerState::Running,
+                Phase::Stopped(_) => RunnerState::Stopped,
+            };
+            let no_probe =
+                state == RunnerState::Stopped || parent.as_deref().map_or(true, |p| p == scope.live_parent);
+            let endpoint = if no_probe {
+                None
+            } else {
+                let address = RunnerAddress {
+                    runner_id: runner_id.clone(),
+                    backend_id: arn.to_owned(),
+                    host: task_ip(task),
+                    port: self.settings.runner_port,
+                };
+                match self.settings.runner_url(&address) {
+                    Some(url) => Some(Endpoint::new(url, runner_id.clone())),
+                    None => {
+                        // No address yet (still provisioning): nothing proves it orphaned. If
+                        // its parent is gone, the runner's own failsafe ends it once it runs.
+                        tracing::debug!(task = arn, runner = %runner_id, "flame ecs: reap spares a task without an address");
+                        continue;
+                    }
+                }
+            };
+            candidates.push(ReapCandidate::new(runner_id, arn, parent, state, endpoint));
+        }
+        let chosen = scope.select(candidates).await;
+        let mut stopped = 0;
+        let mut failed: Option<Error> = None;
+        for (c, reason) in &chosen {
+            let parent = c.parent_id.as_deref().unwrap_or("(none)");
+            let why = format!("flame: reaped, parent {parent} is gone: {reason}");
+            match self.stop(&c.backend_id, &why).await {
+                Ok(()) => {
+                    tracing::info!(task = %c.backend_id, runner = %c.runner_id, parent, %reason, "flame ecs: reaped an orphaned runner");
+                    stopped += 1;
+                }
                 Err(e) => {
-                    tracing::warn!(task = arn, error = %e, "flame ecs: reap could not stop task");
+                    tracing::warn!(task = %c.backend_id, error = %e, "flame ecs: reap could not stop task");
                     failed.get_or_insert(e);
                 }
             }

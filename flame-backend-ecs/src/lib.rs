@@ -5,7 +5,10 @@
 //! and the other `FLAME_*` variables, optionally a different command), awaited with
 //! `DescribeTasks` until `RUNNING` with an ENI address, then pinged until healthy. `StopTask`
 //! ends it; `ListTasks` by `startedBy` plus the tags `flame.app` / `flame.parent` finds the
-//! tasks a crashed parent left behind.
+//! tasks a crashed parent left behind, and `reap` stops only those that are provably
+//! orphaned — their runner says (unauthenticated, no secret) that its parent has been silent
+//! past the failsafe window, or does not answer for that window plus the boot timeout —
+//! never a runner of another live parent of the app (replicas, rolling deploys).
 //!
 //! ```no_run
 //! use flame_backend_ecs::{EcsBackend, SecretDelivery};

@@ -355,6 +355,9 @@ async fn moto_boot_timeout_stops_the_task() {
     );
 }
 
+/// The reap rule on moto: a dead parent's tasks (their runners report a parent silent past
+/// the window) are stopped; the reaping parent's own task, a task of another *live* parent of
+/// the same app (a replica: it keeps in touch), and another app's task keep running.
 #[tokio::test]
 async fn moto_reap_stops_only_tasks_of_dead_parents_of_the_app() {
     if !moto_available().await {
@@ -381,19 +384,35 @@ async fn moto_reap_stops_only_tasks_of_dead_parents_of_the_app() {
         .spawn(request(&app, "live-parent", runners.prober(), BOOT))
         .await
         .unwrap();
+    let replica = backend
+        .spawn(request(&app, "replica-parent", runners.prober(), BOOT))
+        .await
+        .unwrap();
     let other = backend
         .spawn(request("other-app", "dead-parent", runners.prober(), BOOT))
         .await
         .unwrap();
+    // The replica's parent keeps in touch with its runner, as a live parent's pool does.
+    let in_touch = runners.dispatcher(&replica.backend_id).unwrap();
+    let touch = tokio::spawn(async move {
+        loop {
+            in_touch.note_parent_contact();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
 
-    let scope = ReapScope {
-        app: app.clone(),
-        live_parent: "live-parent".into(),
-    };
-    assert_eq!(backend.reap(&scope).await.unwrap(), 2);
+    let window = Duration::from_secs(1);
+    let scope =
+        ReapScope::new(&app, "live-parent", runners.prober()).windows(window, Duration::from_secs(10));
+    // The dead parent's silence passes the window.
+    tokio::time::sleep(window + Duration::from_millis(500)).await;
+    let ended = backend.reap(&scope).await;
+    touch.abort();
+    assert_eq!(ended.unwrap(), 2);
     assert_eq!(backend.status(&dead1).await.unwrap(), RunnerState::Stopped);
     assert_eq!(backend.status(&dead2).await.unwrap(), RunnerState::Stopped);
     assert_eq!(backend.status(&live).await.unwrap(), RunnerState::Running);
+    assert_eq!(backend.status(&replica).await.unwrap(), RunnerState::Running);
     assert_eq!(backend.status(&other).await.unwrap(), RunnerState::Running);
     let reason = world
         .describe(&dead1.backend_id)
@@ -401,11 +420,19 @@ async fn moto_reap_stops_only_tasks_of_dead_parents_of_the_app() {
         .stopped_reason()
         .unwrap()
         .to_owned();
-    assert_eq!(reason, "flame: reaped, parent dead-parent is gone");
-    // Nothing more to reap.
+    assert!(
+        reason.starts_with("flame: reaped, parent dead-parent is gone: its parent has been silent for"),
+        "{reason}"
+    );
+    // Nothing more to reap: the replica's runner is in touch again.
+    runners
+        .dispatcher(&replica.backend_id)
+        .unwrap()
+        .note_parent_contact();
     assert_eq!(backend.reap(&scope).await.unwrap(), 0);
 
     backend.terminate(&live).await.unwrap();
+    backend.terminate(&replica).await.unwrap();
     backend.terminate(&other).await.unwrap();
     assert!(world.running_tasks().await.is_empty());
 }

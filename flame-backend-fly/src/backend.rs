@@ -6,6 +6,7 @@ use crate::api::{
 };
 use crate::config::FlyConfig;
 use async_trait::async_trait;
+use flame_core::backend::ReapCandidate;
 use flame_core::{
     AddressResolver, Backend, Endpoint, Error, ErrorCode, ReapScope, Result, RunnerAddress, RunnerHandle,
     RunnerState, SpawnRequest,
@@ -38,8 +39,12 @@ pub mod metadata {
 /// until it answers. Whatever fails after the machine exists destroys it (`force=true`) before
 /// the typed error is returned, and a spawn that is dropped half-way destroys it in the
 /// background. `terminate` stops (SIGTERM, then waits up to `stop_timeout` for the drain) and
-/// destroys; it is idempotent. `reap` destroys machines of this app whose `flame_parent` is
-/// not the live parent.
+/// destroys; it is idempotent. `reap` ends only provably orphaned machines of this app
+/// ([`flame_core::backend::reap`]), never a runner of another live parent (replicas, rolling
+/// deploys): it destroys machines that are stopped (or failed), and stops and destroys those
+/// whose runner, probed at the machine's private address (through the address resolver when
+/// one is set) without the secret, says its parent has been silent past the failsafe window,
+/// or does not answer for that window plus the boot timeout.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), flame_core::Error> {
@@ -231,6 +236,37 @@ impl Inner {
                 metadata: meta,
             },
         })
+    }
+
+    /// Stops machine `id` (SIGTERM; waits up to `stop_timeout` for the drain when its
+    /// instance is known), then destroys it. `false` when it was already gone.
+    async fn stop_and_destroy(&self, id: &str, instance: Option<&str>) -> Result<bool> {
+        match self.client.stop(id, "SIGTERM").await {
+            Ok(false) => {
+                self.client.limiter().forget(id);
+                return Ok(false);
+            }
+            Ok(true) => {
+                let grace = self.config.stop_timeout;
+                if let (Some(instance), false) = (instance, grace.is_zero()) {
+                    let secs = (grace.as_secs_f64().ceil() as u64).clamp(1, 60);
+                    match self.client.wait(id, Some(instance), "stopped", secs).await {
+                        Ok(true) => {}
+                        Ok(false) => tracing::debug!(
+                            machine = id,
+                            "fly: runner still draining after stop_timeout; forcing"
+                        ),
+                        Err(e) => {
+                            tracing::debug!(machine = id, error = %e, "fly: waiting for stop failed; forcing")
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(machine = id, error = %e, "fly: stop failed; destroying with force")
+            }
+        }
+        self.client.destroy(id).await
     }
 
     async fn destroy_quietly(&self, id: &str) {
@@ -467,32 +503,7 @@ impl Backend for FlyBackend {
         let inner = &self.inner;
         let id = handle.backend_id.as_str();
         let instance = inner.instances.lock().ok().and_then(|mut m| m.remove(id));
-        match inner.client.stop(id, "SIGTERM").await {
-            Ok(false) => {
-                inner.client.limiter().forget(id);
-                return Ok(());
-            }
-            Ok(true) => {
-                let grace = inner.config.stop_timeout;
-                if let (Some(instance), false) = (instance, grace.is_zero()) {
-                    let secs = (grace.as_secs_f64().ceil() as u64).clamp(1, 60);
-                    match inner.client.wait(id, Some(&instance), "stopped", secs).await {
-                        Ok(true) => {}
-                        Ok(false) => tracing::debug!(
-                            machine = id,
-                            "fly: runner still draining after stop_timeout; forcing"
-                        ),
-                        Err(e) => {
-                            tracing::debug!(machine = id, error = %e, "fly: waiting for stop failed; forcing")
-                        }
-                    }
-                }
-            }
-            Err(e) => {
-                tracing::warn!(machine = id, error = %e, "fly: stop failed; destroying with force")
-            }
-        }
-        inner.client.destroy(id).await.map(|_| ())
+        inner.stop_and_destroy(id, instance.as_deref()).await.map(|_| ())
     }
 
     async fn status(&self, handle: &RunnerHandle) -> Result<RunnerState> {
@@ -510,24 +521,91 @@ impl Backend for FlyBackend {
     async fn reap(&self, scope: &ReapScope) -> Result<usize> {
         let inner = &self.inner;
         let machines = inner.client.list(metadata::APP, &scope.app).await?;
-        let mut ended = 0;
-        let mut first_error: Option<Error> = None;
+        let mut candidates = Vec::new();
+        let mut instances: HashMap<String, String> = HashMap::new();
         for m in machines {
-            // The filter is Fly's; check it again, and never touch machines without a parent.
-            if m.metadata(metadata::APP) != Some(scope.app.as_str()) || m.state().is_gone() {
+            // The filter is Fly's; check it again.
+            if m.metadata(metadata::APP) != Some(scope.app.as_str()) {
                 continue;
             }
-            match m.metadata(metadata::PARENT) {
-                Some(parent) if parent != scope.live_parent => {}
-                _ => continue,
+            let Some(state) = reap_state(&m.state()) else {
+                continue;
+            };
+            let parent = m.metadata(metadata::PARENT).map(str::to_owned);
+            let runner_id = m
+                .metadata(metadata::RUNNER)
+                .map(str::to_owned)
+                .unwrap_or_else(|| m.id.clone());
+            let no_probe =
+                state == RunnerState::Stopped || parent.as_deref().map_or(true, |p| p == scope.live_parent);
+            let endpoint = if no_probe {
+                None
+            } else {
+                let address = RunnerAddress {
+                    runner_id: runner_id.clone(),
+                    backend_id: m.id.clone(),
+                    host: m.private_ip.clone(),
+                    port: inner.config.runner_port,
+                };
+                match inner
+                    .resolver
+                    .as_ref()
+                    .and_then(|r| r(&address))
+                    .or_else(|| default_url(&address))
+                {
+                    Some(url) => Some(Endpoint::new(url, runner_id.clone())),
+                    None => {
+                        // No address to probe: nothing proves it orphaned. Its runner's
+                        // failsafe and `auto_destroy` end it if its parent is gone.
+                        tracing::debug!(machine = %m.id, runner = %runner_id, "fly: reap spares a machine without a private_ip");
+                        continue;
+                    }
+                }
+            };
+            if let Some(instance) = &m.instance_id {
+                instances.insert(m.id.clone(), instance.clone());
             }
-            match inner.client.destroy(&m.id).await {
+            candidates.push(ReapCandidate::new(
+                runner_id,
+                m.id.clone(),
+                parent,
+                state,
+                endpoint,
+            ));
+        }
+        let chosen = scope.select(candidates).await;
+        let mut ends = tokio::task::JoinSet::new();
+        for (c, reason) in chosen {
+            let inner = inner.clone();
+            let instance = instances.remove(&c.backend_id);
+            ends.spawn(async move {
+                let result = if c.state == RunnerState::Stopped {
+                    // Nothing runs there any more: only the machine is left.
+                    inner.client.destroy(&c.backend_id).await
+                } else {
+                    inner.stop_and_destroy(&c.backend_id, instance.as_deref()).await
+                };
+                (c, reason, result)
+            });
+        }
+        let mut ended = 0;
+        let mut first_error: Option<Error> = None;
+        while let Some(joined) = ends.join_next().await {
+            let (c, reason, result) = match joined {
+                Ok(done) => done,
+                Err(e) => {
+                    first_error.get_or_insert(Error::backend(format!("a fly reap task failed: {e}"), true));
+                    continue;
+                }
+            };
+            match result {
                 Ok(true) => {
-                    tracing::info!(machine = %m.id, parent = ?m.metadata(metadata::PARENT), "fly: reaped leftover runner");
+                    tracing::info!(machine = %c.backend_id, runner = %c.runner_id, parent = ?c.parent_id, %reason, "fly: reaped an orphaned runner");
                     ended += 1;
                 }
                 Ok(false) => {}
                 Err(e) => {
+                    tracing::warn!(machine = %c.backend_id, error = %e, "fly: reap could not destroy an orphaned runner");
                     first_error.get_or_insert(e);
                 }
             }
@@ -536,6 +614,22 @@ impl Backend for FlyBackend {
             Some(e) => Err(e.context(format!("fly reap ended {ended} machines, then failed"))),
             None => Ok(ended),
         }
+    }
+}
+
+/// A machine as `reap` sees it: its candidate state, unless `reap` has no business with it.
+fn reap_state(state: &MachineState) -> Option<RunnerState> {
+    match state {
+        MachineState::Created | MachineState::Starting | MachineState::Other(_) => Some(RunnerState::Booting),
+        MachineState::Started => Some(RunnerState::Running),
+        MachineState::Stopped
+        | MachineState::Suspended
+        | MachineState::Failed
+        | MachineState::Replaced
+        | MachineState::LaunchFailed => Some(RunnerState::Stopped),
+        // Being stopped (perhaps drained by its own live parent) or destroyed already: leave
+        // it to whoever is ending it.
+        MachineState::Stopping | MachineState::Destroying | MachineState::Destroyed => None,
     }
 }
 
@@ -595,6 +689,28 @@ mod tests {
         assert_eq!(default_url(&a).unwrap(), "http://10.0.0.2:8080");
         a.host = None;
         assert_eq!(default_url(&a), None);
+    }
+
+    #[test]
+    fn reap_states_follow_the_machine_lifecycle() {
+        for s in ["created", "starting", "whatever-new"] {
+            assert_eq!(
+                reap_state(&MachineState::parse(s)),
+                Some(RunnerState::Booting),
+                "{s}"
+            );
+        }
+        assert_eq!(reap_state(&MachineState::Started), Some(RunnerState::Running));
+        for s in ["stopped", "suspended", "failed", "replaced", "launch_failed"] {
+            assert_eq!(
+                reap_state(&MachineState::parse(s)),
+                Some(RunnerState::Stopped),
+                "{s}"
+            );
+        }
+        for s in ["stopping", "destroying", "destroyed"] {
+            assert_eq!(reap_state(&MachineState::parse(s)), None, "{s}");
+        }
     }
 
     #[test]

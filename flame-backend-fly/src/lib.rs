@@ -5,7 +5,10 @@
 //! the Machines REST API (`reqwest` on rustls). It follows Elixir FLAME's `FlyBackend`: one
 //! `POST /v1/apps/{app}/machines` with `auto_destroy: true` and restart policy `no`, the
 //! runner variables plus only what you forward in the machine's environment, and `flame_*`
-//! metadata (`flame_app`, `flame_pool`, `flame_parent`, `flame_runner`) for `reap`. Then it
+//! metadata (`flame_app`, `flame_pool`, `flame_parent`, `flame_runner`) for `reap` (which
+//! ends only provably orphaned machines: stopped, or whose runner says — unauthenticated, no
+//! secret — that its parent has been silent past the failsafe window, or does not answer for
+//! that window plus the boot timeout; never another live parent's). Then it
 //! waits for `started` and pings the runner on the machine's private IPv6 until it answers;
 //! a machine that fails to come up is destroyed before the error is returned.
 //!

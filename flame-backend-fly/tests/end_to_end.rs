@@ -73,11 +73,11 @@ async fn conformance_over_http_spawn_ping_invoke_terminate_reap() {
         r
     });
     let live = live.await.unwrap();
+    // The crashed parent says nothing more; its silence passes the window.
+    let window = Duration::from_secs(1);
+    tokio::time::sleep(window + Duration::from_millis(500)).await;
     let ended = backend
-        .reap(&ReapScope {
-            app: APP.into(),
-            live_parent: "parent-1".into(),
-        })
+        .reap(&ReapScope::new(APP, "parent-1", http.clone()).windows(window, Duration::from_secs(10)))
         .await
         .unwrap();
     assert_eq!(ended, 1);
@@ -91,10 +91,11 @@ async fn conformance_over_http_spawn_ping_invoke_terminate_reap() {
 #[tokio::test]
 async fn a_parent_calls_fly_runners_through_an_elastic_pool_over_http() {
     let fake = FakeFly::start_http().await;
-    // A machine a crashed earlier parent left behind: reaped when the parent starts.
+    // A machine a crashed earlier parent left behind (its runner's failsafe ended it, the
+    // machine stayed): reaped when the parent starts.
     fake.insert_machine(
         "0ld0ld",
-        "started",
+        "stopped",
         json!({ "flame_app": APP, "flame_pool": "default", "flame_parent": "long-gone", "flame_runner": "x" }),
     );
     let flame = Flame::builder(registry())
@@ -110,6 +111,16 @@ async fn a_parent_calls_fly_runners_through_an_elastic_pool_over_http() {
         .start()
         .await
         .unwrap();
+    // The start's reap runs in the background: wait for its DELETE (bounded).
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let deletes = fake.requests_matching("DELETE", "").await;
+        if deletes.iter().any(|r| r.url.path().ends_with("/0ld0ld")) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < until, "the leftover was not reaped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(flame.call(ADD, (2, 3)).await.unwrap(), 5);
     assert_eq!(flame.call(ADD, (40, 2)).await.unwrap(), 42);
 
@@ -134,11 +145,6 @@ async fn a_parent_calls_fly_runners_through_an_elastic_pool_over_http() {
         fake.machine_ids().is_empty(),
         "shutdown ends every runner: {:?}",
         fake.machine_ids()
-    );
-    let deletes = fake.requests_matching("DELETE", "").await;
-    assert!(
-        deletes.iter().any(|r| r.url.path().ends_with("/0ld0ld")),
-        "the leftover was reaped"
     );
     assert!(fake.unmatched().is_empty(), "{:?}", fake.unmatched());
 }

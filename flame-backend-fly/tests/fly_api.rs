@@ -226,39 +226,74 @@ async fn terminate_of_an_unknown_machine_is_ok() {
     assert!(fake.unmatched().is_empty(), "{:?}", fake.unmatched());
 }
 
+/// The reap rule on the fake Machines API: a stopped machine of another parent is destroyed
+/// at once; a started one whose runner says its parent has been silent past the window, and
+/// one whose runner never answers (past the unreachable window), are stopped and destroyed.
+/// The live parent's own machine, a machine of another *live* parent (a replica, in touch with
+/// its runner), another app's machine and a machine without flame metadata are left alone.
 #[tokio::test]
 async fn reap_destroys_only_runners_of_dead_parents() {
     let fake = FakeFly::start().await;
     let meta = |parent: &str, app: &str| json!({ "flame_app": app, "flame_pool": "default", "flame_parent": parent, "flame_runner": "x" });
-    fake.insert_machine("aa01", "started", meta("dead-parent", APP));
+    fake.insert_machine("aa01", "started", meta("dead-parent", APP)); // never answers
     fake.insert_machine("aa02", "stopped", meta("dead-parent", APP));
     fake.insert_machine("aa03", "started", meta("live-parent", APP));
     fake.insert_machine("aa04", "started", meta("dead-parent", "another-app"));
     fake.insert_machine("aa05", "started", json!({ "fly_platform_version": "v2" }));
+    fake.insert_machine("aa06", "started", meta("replica-parent", APP));
+    fake.insert_machine("aa07", "started", meta("dead-parent", APP)); // answers: parent silent
+    let runner = |id: &str| {
+        fake.runners().add(
+            &format!("mem://{id}"),
+            flame_core::Dispatcher::new(registry(), id).with_parent(true),
+        )
+    };
+    let replica = runner("aa06");
+    let replica_again = replica.clone();
+    runner("aa07");
+    // The replica's parent keeps in touch with its runner, as a live parent's pool does.
+    let touch = tokio::spawn(async move {
+        loop {
+            replica.note_parent_contact();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
     let backend = fake.backend(fake.config());
-    let ended = backend
-        .reap(&ReapScope {
-            app: APP.into(),
-            live_parent: "live-parent".into(),
-        })
-        .await
-        .unwrap();
-    assert_eq!(ended, 2);
-    assert_eq!(fake.machine_ids(), ["aa03", "aa04", "aa05"]);
+    let window = Duration::from_secs(1);
+    let scope =
+        ReapScope::new(APP, "live-parent", Arc::new(fake.runners())).windows(window, Duration::from_secs(2));
+    tokio::time::sleep(window + Duration::from_millis(500)).await;
+    let started = Instant::now();
+    let ended = backend.reap(&scope).await;
+    touch.abort();
+    assert_eq!(ended.unwrap(), 3);
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "the unanswering machine was given the unreachable window"
+    );
+    assert_eq!(fake.machine_ids(), ["aa03", "aa04", "aa05", "aa06"]);
     let list = fake.requests_matching("GET", &machines()).await;
     assert_eq!(list.len(), 1);
     assert_eq!(
         list[0].url.query(),
         Some(format!("metadata.{}={APP}", metadata::APP).as_str())
     );
-    // Nothing more to reap.
-    let again = backend
-        .reap(&ReapScope {
-            app: APP.into(),
-            live_parent: "live-parent".into(),
-        })
+    // The started orphans were stopped before they were destroyed; the stopped one only
+    // destroyed.
+    let stops: Vec<String> = fake
+        .requests_matching("POST", "/stop")
         .await
-        .unwrap();
+        .iter()
+        .map(|r| r.url.path().to_owned())
+        .collect();
+    assert_eq!(stops.len(), 2, "{stops:?}");
+    assert!(
+        stops.iter().all(|p| p.contains("/aa01/") || p.contains("/aa07/")),
+        "{stops:?}"
+    );
+    // Nothing more to reap (the replica is in touch again).
+    replica_again.note_parent_contact();
+    let again = backend.reap(&scope).await.unwrap();
     assert_eq!(again, 0);
     assert!(fake.unmatched().is_empty(), "{:?}", fake.unmatched());
 }
@@ -573,10 +608,7 @@ async fn malformed_json_is_a_typed_error() {
         .await;
     let backend = fake.backend(fake.config());
     let err = backend
-        .reap(&ReapScope {
-            app: APP.into(),
-            live_parent: "p".into(),
-        })
+        .reap(&ReapScope::new(APP, "p", Arc::new(fake.runners())))
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Backend);
@@ -671,12 +703,9 @@ async fn the_token_never_appears_in_errors_logs_or_debug() {
             .unwrap_err(),
     );
     errors.push(
-        dead.reap(&ReapScope {
-            app: APP.into(),
-            live_parent: "p".into(),
-        })
-        .await
-        .unwrap_err(),
+        dead.reap(&ReapScope::new(APP, "p", Arc::new(fake.runners())))
+            .await
+            .unwrap_err(),
     );
 
     assert_eq!(fly_details(&errors[0]).0, 401);

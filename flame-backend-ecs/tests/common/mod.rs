@@ -229,6 +229,8 @@ impl MotoWorld {
 pub struct Runners {
     pub transport: InMemoryTransport,
     pub seen: Arc<Mutex<Vec<RunnerAddress>>>,
+    /// Task id → its runner (a task has one runner however often it is resolved).
+    pub dispatchers: Arc<Mutex<std::collections::HashMap<String, Arc<Dispatcher>>>>,
 }
 
 impl Runners {
@@ -236,19 +238,33 @@ impl Runners {
         Runners::default()
     }
 
-    /// A resolver that starts a runner for each task (`mem://<task id>`).
+    /// A resolver that starts a runner for each task (`mem://<task id>`) the first time the
+    /// task is resolved; later resolutions (reap's) find the same runner. The runner reports
+    /// how long its parent has been silent, as a runner a parent started does.
     pub fn resolver(&self) -> impl Fn(&RunnerAddress) -> Option<String> + Send + Sync + 'static {
         let me = self.clone();
         move |address: &RunnerAddress| {
             me.seen.lock().unwrap().push(address.clone());
             let id = address.backend_id.rsplit('/').next().unwrap_or_default();
             let url = format!("mem://{id}");
-            let registry =
-                Registry::new().handle(ADD, |_c: Context, (a, b): (i64, i64)| async move { Ok(a + b) });
-            me.transport
-                .add(&url, Dispatcher::new(registry, address.runner_id.clone()));
+            let mut dispatchers = me.dispatchers.lock().unwrap();
+            if !dispatchers.contains_key(id) {
+                let registry =
+                    Registry::new().handle(ADD, |_c: Context, (a, b): (i64, i64)| async move { Ok(a + b) });
+                let dispatcher = me.transport.add(
+                    &url,
+                    Dispatcher::new(registry, address.runner_id.clone()).with_parent(true),
+                );
+                dispatchers.insert(id.to_owned(), dispatcher);
+            }
             Some(url)
         }
+    }
+
+    /// The runner of task `arn` (once resolved).
+    pub fn dispatcher(&self, arn: &str) -> Option<Arc<Dispatcher>> {
+        let id = arn.rsplit('/').next().unwrap_or_default();
+        self.dispatchers.lock().unwrap().get(id).cloned()
     }
 
     /// A resolver that maps every task to a URL nobody serves (the runner never answers).
@@ -446,6 +462,8 @@ pub mod tasks {
         tx: mpsc::UnboundedSender<(RunnerAddress, u16)>,
         /// Runner URL → task ARN.
         urls: Arc<Mutex<HashMap<String, String>>>,
+        /// Task ARN → runner URL (a task has one runner however often it is resolved).
+        by_task: Arc<Mutex<HashMap<String, String>>>,
         http: HttpTransport,
         /// What the task definition's `secrets` inject as FLAME_SECRET, if anything.
         injected_secret: Option<flame_core::Secret>,
@@ -467,6 +485,7 @@ pub mod tasks {
                 cluster: world.cluster.clone(),
                 tx,
                 urls: Default::default(),
+                by_task: Default::default(),
                 http: HttpTransport::new(),
                 injected_secret,
                 started: Default::default(),
@@ -480,10 +499,16 @@ pub mod tasks {
             me
         }
 
-        /// Maps a task to `http://127.0.0.1:<reserved port>` and has its runner started.
+        /// Maps a task to `http://127.0.0.1:<reserved port>` and has its runner started, the
+        /// first time the task is resolved; later resolutions (reap's) get the same URL, as
+        /// a task's ENI address stays the same.
         pub fn resolver(&self) -> impl Fn(&RunnerAddress) -> Option<String> + Send + Sync + 'static {
             let me = self.clone();
             move |address: &RunnerAddress| {
+                let mut by_task = me.by_task.lock().unwrap();
+                if let Some(url) = by_task.get(&address.backend_id) {
+                    return Some(url.clone());
+                }
                 let port = std::net::TcpListener::bind("127.0.0.1:0")
                     .and_then(|l| l.local_addr())
                     .map(|a| a.port())
@@ -494,6 +519,7 @@ pub mod tasks {
                     .unwrap()
                     .insert(url.clone(), address.backend_id.clone());
                 me.tx.send((address.clone(), port)).ok()?;
+                by_task.insert(address.backend_id.clone(), url.clone());
                 Some(url)
             }
         }
@@ -543,18 +569,29 @@ pub mod tasks {
                 .unwrap_or(address.runner_id.clone());
             let registry =
                 Registry::new().handle(ADD, |_c: Context, (a, b): (i64, i64)| async move { Ok(a + b) });
-            let dispatcher = Arc::new(Dispatcher::new(registry, runner_id));
+            // As a flame runner: it reports how long its parent has been silent, and its
+            // failsafe ends it once the parent has been silent for FLAME_PARENT_TIMEOUT.
+            let dispatcher =
+                Arc::new(Dispatcher::new(registry, runner_id).with_parent(config.parent_id.is_some()));
             let options = ServerOptions::default()
                 .announce(false)
                 .handle_signals(false)
                 .drain_grace(Duration::from_secs(1));
-            let bound = BoundServer::bind(dispatcher, &config, options).await.unwrap();
+            let bound = BoundServer::bind(dispatcher.clone(), &config, options)
+                .await
+                .unwrap();
             self.started.lock().unwrap().push(address.backend_id.clone());
             let stop = CancellationToken::new();
+            let failsafe = flame_core::runner::failsafe::Failsafe::from_config(&config)
+                .map(|f| tokio::spawn(f.watch(dispatcher, stop.clone())));
             let server = tokio::spawn(bound.run(stop.clone()));
-            // The process lives as long as its task.
+            // The process lives as long as its task (or until its failsafe ends it; moto then
+            // still says RUNNING, as no ECS agent reports the exit).
             loop {
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+                }
                 match self.task_env(&address.backend_id).await {
                     Some((true, _)) => continue,
                     _ => break,
@@ -562,6 +599,9 @@ pub mod tasks {
             }
             stop.cancel();
             let _ = server.await;
+            if let Some(f) = failsafe {
+                f.abort();
+            }
         }
 
         /// Whether the task behind `endpoint` still runs (its runner process exists).

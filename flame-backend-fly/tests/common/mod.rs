@@ -596,13 +596,16 @@ impl FakeFly {
                 // The machine would listen on [::]:8080 of its own network; here 127.0.0.1.
                 config.listen = Some("127.0.0.1:0".parse().unwrap());
                 let runner_id = env.get("FLAME_RUNNER_ID").cloned().unwrap_or_else(|| id.clone());
-                let dispatcher = Arc::new(Dispatcher::new(registry(), runner_id));
+                // As a flame runner: it reports how long its parent has been silent, and its
+                // failsafe ends it once the parent has been silent for FLAME_PARENT_TIMEOUT.
+                let dispatcher =
+                    Arc::new(Dispatcher::new(registry(), runner_id).with_parent(config.parent_id.is_some()));
                 let options = ServerOptions::default()
                     .announce(false)
                     .handle_signals(false)
                     .drain_grace(Duration::from_secs(1));
                 let bound = HttpServer::with_options(options)
-                    .bind(dispatcher, &config)
+                    .bind(dispatcher.clone(), &config)
                     .await
                     .unwrap();
                 let token = CancellationToken::new();
@@ -613,6 +616,9 @@ impl FakeFly {
                     }
                     st.urls.insert(id.clone(), bound.url());
                     st.cancels.insert(id, token.clone());
+                }
+                if let Some(failsafe) = flame_core::runner::failsafe::Failsafe::from_config(&config) {
+                    tokio::spawn(failsafe.watch(dispatcher, token.clone()));
                 }
                 tokio::spawn(bound.run(token));
             }
