@@ -3,7 +3,7 @@
 //! Run chosen functions on short-lived runners started from your own binary, with a different
 //! entrypoint. One binary, three modes: **local** (in-process), **parent** (routes calls to
 //! runners) and **runner** (serves registered handlers). This is the crate applications depend
-//! on; adapters switch on with features (`http`, `docker`, `ecs`, `fly`).
+//! on; adapters switch on with features (`http`, `docker`, `ecs`, `fly`, `k8s`).
 //!
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -50,6 +50,15 @@ pub mod docker {
 }
 #[cfg(feature = "docker")]
 pub use flame_backend_docker::DockerBackend;
+
+/// The Kubernetes backend (feature `k8s`): each runner is a Pod made from the parent Pod's own
+/// spec (or an image), owned by the parent Pod. See [`k8s::K8sBackend`] and [`k8s::K8sConfig`].
+#[cfg(feature = "k8s")]
+pub mod k8s {
+    pub use flame_backend_k8s::*;
+}
+#[cfg(feature = "k8s")]
+pub use flame_backend_k8s::K8sBackend;
 
 /// The HTTP transport (feature `http`, on by default): wire protocol v1, compatible with the
 /// TypeScript `@monotykamary/flame`. [`http::HttpExt`] wires it into a [`FlameBuilder`];
