@@ -36,6 +36,7 @@ async fn main() -> Result<(), Error> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let explicit = std::env::args().nth(1).as_deref() == Some("explicit-parent");
     let builder = flame::builder(registry()).pool("default", PoolConfig::default().max(3).max_concurrency(2));

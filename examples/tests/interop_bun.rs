@@ -59,6 +59,7 @@ async fn our_parent_passes_against_the_reference_runner_signed() {
         )]
         .into(),
         attempt: 1,
+        cast: false,
     };
     let pong = t.invoke(&ep, &call("utils", "ping")).await.unwrap();
     assert_eq!(flame_core::codec::decode_result::<String>(&pong).unwrap(), "pong");

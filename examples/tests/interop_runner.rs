@@ -20,6 +20,7 @@ fn call(service: &str, method: &str, args: &str, timeout: Duration) -> Invocatio
         idempotency_key: None,
         trace: Default::default(),
         attempt: 1,
+        cast: false,
     }
 }
 

@@ -6,7 +6,8 @@
 
 mod local_process_common;
 
-use flame::{CallOptions, Flame, LocalProcess, Method, Mode, PoolConfig, Registry, Transport};
+use flame::raw::Transport;
+use flame::{CallOptions, Flame, LocalProcess, Method, Mode, PoolConfig, Registry};
 use flame_core::testkit::conformance::{self, Subject};
 use flame_http::HttpTransport;
 use local_process_common::*;
@@ -45,7 +46,7 @@ async fn conformance_suite_passes_for_local_process() {
     let subject = Subject::new(
         Arc::new(interop(&state)),
         Arc::new(HttpTransport::new()),
-        move |parent_id: &str, prober| conformance::default_request(&a, parent_id, prober),
+        move |parent_id: &str| conformance::default_request(&a, parent_id),
     )
     .boot_timeout(Duration::from_secs(30))
     .leftovers(|req| {
@@ -58,8 +59,8 @@ async fn conformance_suite_passes_for_local_process() {
 #[tokio::test]
 async fn engine_errors_are_typed_for_local_process() {
     let broken = LocalProcess::command("/nonexistent/flame-runner", Vec::<String>::new());
-    let req = conformance::default_request("conformance", "p", Arc::new(HttpTransport::new()));
-    conformance::engine_errors_are_typed(&broken, req).await;
+    let req = conformance::default_request("conformance", "p");
+    conformance::engine_errors_are_typed(&broken, req, &HttpTransport::new()).await;
 }
 
 async fn parent(state: &TempDir, pool: PoolConfig) -> Flame {
@@ -206,7 +207,7 @@ async fn a_runner_whose_parent_goes_silent_exits_on_its_own() {
     ]);
     // Authenticated pings keep it alive past the timeout...
     let transport = HttpTransport::new();
-    let endpoint = flame::Endpoint::new(url, "r").with_secret(Some(flame::Secret::new("s3cret")));
+    let endpoint = flame::raw::Endpoint::new(url, "r").with_secret(Some(flame::Secret::new("s3cret")));
     for _ in 0..8 {
         transport.ping(&endpoint).await.unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -216,7 +217,7 @@ async fn a_runner_whose_parent_goes_silent_exits_on_its_own() {
         "alive while the parent pings"
     );
     // ...an unauthenticated ping does not count as parent contact...
-    let stranger = flame::Endpoint::new(endpoint.url.clone(), "r");
+    let stranger = flame::raw::Endpoint::new(endpoint.url.clone(), "r");
     let silent_since = Instant::now();
     let _ = transport.ping(&stranger).await;
     // ...and without contact it drains and exits within the timeout + a little.

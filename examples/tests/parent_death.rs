@@ -7,7 +7,8 @@
 
 mod local_process_common;
 
-use flame::{LocalProcess, Method, Mode, Pool, PoolConfig, Registry};
+use flame::raw::Pool;
+use flame::{LocalProcess, Method, Mode, PoolConfig, Registry};
 use local_process_common::*;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};

@@ -1,5 +1,6 @@
-//! Spawn → first result for a Docker runner: `spawn` (create, start, `FLAME_READY` from the
-//! log stream, ping until healthy) plus the first `math/add` call, then `terminate`; and the
+//! Spawn → first result for a Docker runner: a start as a pool makes it (`spawn`: create,
+//! start, `FLAME_READY` from the log stream; then core's readiness probe pings until healthy)
+//! plus the first `math/add` call, then `terminate`; and the
 //! same through flame's elastic pool (a cold pool's first call boots a runner container).
 //!
 //! ```sh
@@ -44,8 +45,7 @@ async fn main() {
     let _cleanup = Cleanup::new(&app);
     let backend = backend_builder().build().unwrap();
     // Warm-up: image build, API negotiation, page cache.
-    let warm = backend
-        .spawn(spawn_request(&app, "bench", Duration::from_secs(30)))
+    let warm = start(&backend, spawn_request(&app, "bench", Duration::from_secs(30)))
         .await
         .unwrap();
     backend.terminate(&warm).await.unwrap();
@@ -53,8 +53,7 @@ async fn main() {
     let (mut spawn, mut first, mut second, mut terminate) = (vec![], vec![], vec![], vec![]);
     for _ in 0..rounds {
         let t0 = Instant::now();
-        let handle = backend
-            .spawn(spawn_request(&app, "bench", Duration::from_secs(30)))
+        let handle = start(&backend, spawn_request(&app, "bench", Duration::from_secs(30)))
             .await
             .unwrap();
         spawn.push(t0.elapsed());
@@ -98,7 +97,7 @@ async fn main() {
     }
 
     println!("Docker runner ({}), {rounds} rounds:", backend.docker_host());
-    summary("spawn (until ping ok)", spawn);
+    summary("start (until ping ok)", spawn);
     summary("spawn -> first result", first);
     summary("a later call", second);
     summary("terminate (stop + remove)", terminate);

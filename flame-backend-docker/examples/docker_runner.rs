@@ -10,6 +10,9 @@
 //!   from its own image (nothing configured), calls it, prints `IMAGE <image>`,
 //!   `PARENT <its own whoami json>` and `WHOAMI <the runner's json>`, terminates the runner and exits.
 //! - `docker_runner never-ready`: prints a line and sleeps, never announcing `FLAME_READY`.
+//! - `docker_runner ready-then-die`: announces `FLAME_READY` with a URL nothing serves, prints
+//!   `fatal: lost the database` to stderr and exits with code 3 half a second later (a runner
+//!   that dies after it was placed).
 //! - `docker_runner parent <image> <app> <runners> <call-ms>`: a real flame parent (an elastic
 //!   pool `default` of exactly `<runners>` Docker runners, failsafe window from
 //!   `FLAME_PARENT_TIMEOUT`, 10 s boot timeout). It prints `PARENT <its parent id>`, then
@@ -21,6 +24,7 @@
 //!   and exits. The two-parent tests run two of these side by side and `kill -9` one.
 
 use flame_backend_docker::{DockerBackend, PullPolicy};
+use flame_core::backend::readiness::start_runner;
 use flame_core::{Backend, Context, Error, Flame, Method, Mode, PoolConfig, Registry, Secret, SpawnRequest};
 use flame_http::{HttpExt, HttpTransport};
 use serde::{Deserialize, Serialize};
@@ -96,7 +100,6 @@ fn spawn_request(app: &str, parent: &str, parent_timeout_ms: u64) -> SpawnReques
         labels: BTreeMap::new(),
         boot_timeout: Duration::from_secs(30),
         secret: Some(secret),
-        prober: Arc::new(HttpTransport::new()),
     }
 }
 
@@ -115,7 +118,12 @@ async fn parent(args: &[String]) -> Result<(), Error> {
             let timeout_ms = timeout_ms
                 .parse()
                 .map_err(|_| Error::config("timeout-ms is not a number"))?;
-            let handle = backend.spawn(spawn_request(app, parent_id, timeout_ms)).await?;
+            let handle = start_runner(
+                &backend,
+                spawn_request(app, parent_id, timeout_ms),
+                &HttpTransport::new(),
+            )
+            .await?;
             println!("SPAWNED {} {}", handle.backend_id, handle.endpoint.url);
             // Keep the runner's failsafe fed, as a pool's health pings do, until killed.
             let transport = HttpTransport::new();
@@ -132,7 +140,7 @@ async fn parent(args: &[String]) -> Result<(), Error> {
             println!("IMAGE {}", backend.runner_image().await?);
             println!("PARENT {}", serde_json::to_string(&whoami())?);
             let request = spawn_request(&app, &format!("p-{}", std::process::id()), 20_000);
-            let handle = backend.spawn(request).await?;
+            let handle = start_runner(&backend, request, &HttpTransport::new()).await?;
             let transport = HttpTransport::new();
             let invocation = flame_core::Invocation {
                 service_id: "utils".into(),
@@ -142,6 +150,7 @@ async fn parent(args: &[String]) -> Result<(), Error> {
                 idempotency_key: None,
                 trace: BTreeMap::new(),
                 attempt: 1,
+                cast: false,
             };
             let result = flame_core::Transport::invoke(&transport, &handle.endpoint, &invocation).await;
             backend.terminate(&handle).await?;
@@ -278,6 +287,18 @@ async fn serve_as_parent(
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("ready-then-die") {
+        // A port nobody serves: the readiness probe's pings are refused until the engine says
+        // the container stopped.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(9);
+        println!("FLAME_READY http://127.0.0.1:{port}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        eprintln!("fatal: lost the database");
+        std::process::exit(3);
+    }
     if args.first().map(String::as_str) == Some("never-ready") {
         // A runner that boots forever: it never announces `FLAME_READY`.
         println!("booting, but never ready");

@@ -5,6 +5,7 @@ use crate::config::{
 };
 use crate::detect;
 use crate::error::{engine_error, is_conflict, is_not_found, status_of};
+use crate::watch::{self, LogStream, Watched, Watches, TAIL_LINES};
 use async_trait::async_trait;
 use bollard::container::LogOutput;
 use bollard::models::{
@@ -22,7 +23,7 @@ use flame_core::{
     RunnerState, SpawnRequest,
 };
 use futures::StreamExt;
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,8 +33,9 @@ use tokio::time::Instant;
 /// The default socket, as the Docker CLI uses it when `DOCKER_HOST` is unset.
 const DEFAULT_HOST: &str = "unix:///var/run/docker.sock";
 
-/// Lines of runner output kept for error messages about a runner that failed to boot.
-const TAIL_LINES: usize = 20;
+/// How long past its boot window a runner's exit is still watched for (core's readiness
+/// probe shares that window; a little more lets it ask for the details at its very end).
+const WATCH_MARGIN: Duration = Duration::from_secs(5);
 
 /// Builds a [`DockerBackend`]; start with [`DockerBackend::builder`].
 #[derive(Clone)]
@@ -242,6 +244,7 @@ impl DockerBackendBuilder {
                 settings: self,
                 client: OnceCell::new(),
                 target: OnceCell::new(),
+                watches: Arc::default(),
             }),
         })
     }
@@ -282,6 +285,8 @@ struct Inner {
     settings: DockerBackendBuilder,
     client: OnceCell<Docker>,
     target: OnceCell<Target>,
+    /// What spawn saw of booting runners, for [`Backend::exit_details`].
+    watches: Arc<Watches>,
 }
 
 /// What runners run: an image, and optionally the command to run in it.
@@ -608,17 +613,22 @@ impl DockerBackend {
         }
     }
 
-    /// Follows the container's output until the runner announces `FLAME_READY <url>`; fails
-    /// if the container ends first. `None`: the container's log driver cannot be read.
-    async fn announced_url(&self, docker: &Docker, id: &str) -> Result<Option<String>> {
+    /// Follows the container's output until the runner announces `FLAME_READY <url>`, keeping
+    /// the lines before it in `watched`; fails if the container ends first. Hands back the URL
+    /// and the rest of the stream, or `None`: the container's log driver cannot be read.
+    async fn announced_url(
+        &self,
+        docker: &Docker,
+        id: &str,
+        watched: &Watched,
+    ) -> Result<Option<(String, LogStream)>> {
         let options = LogsOptionsBuilder::new()
             .follow(true)
             .stdout(true)
             .stderr(true)
             .build();
-        let mut logs = docker.logs(id, Some(options));
+        let mut logs: LogStream = Box::pin(docker.logs(id, Some(options)));
         let mut partial = String::new();
-        let mut tail: VecDeque<String> = VecDeque::new();
         while let Some(item) = logs.next().await {
             let bytes = match item {
                 Ok(LogOutput::StdOut { message })
@@ -627,33 +637,44 @@ impl DockerBackend {
                 Ok(LogOutput::StdIn { .. }) => continue,
                 Err(e) if is_not_found(&e) => break,
                 // "configured logging driver does not support reading"
-                Err(e) if status_of(&e) == Some(501) => return Ok(None),
+                Err(e) if status_of(&e) == Some(501) => {
+                    watched.end_logs();
+                    return Ok(None);
+                }
                 Err(e) => return Err(engine_error("follow the runner's output", &self.inner.host, e)),
             };
             partial.push_str(&String::from_utf8_lossy(&bytes));
             while let Some(nl) = partial.find('\n') {
                 let line: String = partial.drain(..=nl).collect();
                 if let Some(url) = detect::ready_url(&line) {
-                    return Ok(Some(url.to_owned()));
+                    // The rest of this chunk belongs to the tail.
+                    for rest in partial.lines().filter(|l| !l.trim().is_empty()) {
+                        watched.push_line(rest);
+                    }
+                    return Ok(Some((url.to_owned(), logs)));
                 }
-                tail.push_back(line.trim_end().to_owned());
-                if tail.len() > TAIL_LINES {
-                    tail.pop_front();
-                }
+                watched.push_line(&line);
             }
         }
         if !partial.trim().is_empty() {
             if let Some(url) = detect::ready_url(&partial) {
-                return Ok(Some(url.to_owned()));
+                return Ok(Some((url.to_owned(), logs)));
             }
-            tail.push_back(partial.trim_end().to_owned());
+            watched.push_line(&partial);
         }
-        let output: Vec<String> = tail.into_iter().collect();
+        watched.end_logs();
+        // The container ended: its exit code is moments away (bounded).
+        let progress = watched.settle(Duration::from_secs(1)).await;
+        let code = progress
+            .exit
+            .and_then(|e| e.code)
+            .map(|c| format!(" (exit code {c})"))
+            .unwrap_or_default();
         Err(Error::backend(
             format!(
-                "runner container {} exited before it announced `FLAME_READY <url>`; its last output: {:?}",
+                "runner container {} exited before it announced `FLAME_READY <url>`{code}; its last output: {:?}",
                 short(id),
-                output.join("\n")
+                watched.lines().join("\n")
             ),
             false,
         ))
@@ -730,23 +751,30 @@ impl DockerBackend {
         Ok(url)
     }
 
-    /// Everything of spawn after the container exists; any error leaves the container to the
-    /// caller to remove.
+    /// Everything of spawn after the container exists: start it, learn where the runner
+    /// listens (its `FLAME_READY <url>` line, or its address on the named network) and keep
+    /// reading its output into `watched`. Readiness itself is core's probe. Any error leaves
+    /// the container to the caller to remove.
     async fn boot(
         &self,
         docker: &Docker,
         request: &SpawnRequest,
         id: &str,
         deadline: Instant,
+        watched: &Arc<Watched>,
+        watch_until: Instant,
     ) -> Result<Endpoint> {
         self.call("start the runner container", docker.start_container(id, None))
             .await?;
-        let announced = tokio::time::timeout_at(deadline, self.announced_url(docker, id))
+        let announced = tokio::time::timeout_at(deadline, self.announced_url(docker, id, watched))
             .await
             .map_err(|_| spawn_timeout(request, id, "it did not announce `FLAME_READY <url>`"))??;
         let announced = match (announced, &self.inner.settings.network) {
-            (Some(url), _) => url,
-            // Unreadable logs: on a named network the port is known; ping tells readiness.
+            (Some((url, rest)), _) => {
+                watch::drain(rest, watched, watch_until);
+                url
+            }
+            // Unreadable logs: on a named network the port is known; the probe tells readiness.
             (None, Network::Named(_)) => format!("http://0.0.0.0:{}", self.inner.settings.runner_port),
             (None, Network::Host) => {
                 return Err(Error::backend(
@@ -763,26 +791,7 @@ impl DockerBackend {
         let url = self
             .runner_url(docker, &request.runner_id, id, &announced)
             .await?;
-        let endpoint = Endpoint::new(url, request.runner_id.clone()).with_secret(request.secret.clone());
-        let mut delay = Duration::from_millis(20);
-        let mut last_error = None;
-        loop {
-            match tokio::time::timeout_at(deadline, request.prober.ping(&endpoint)).await {
-                Ok(Ok(_status)) => return Ok(endpoint),
-                Ok(Err(e)) => last_error = Some(e),
-                Err(_) => break,
-            }
-            if Instant::now() + delay >= deadline {
-                break;
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(250));
-        }
-        let why = match last_error {
-            Some(e) => format!("it did not answer ping at {} ({e})", endpoint.url),
-            None => format!("it did not answer ping at {}", endpoint.url),
-        };
-        Err(spawn_timeout(request, id, &why))
+        Ok(Endpoint::new(url, request.runner_id.clone()).with_secret(request.secret.clone()))
     }
 
     /// Removes container `id` (forced), treating "already gone" and "removal in progress" as
@@ -859,6 +868,64 @@ impl DockerBackend {
             .await
             .ok()
             .flatten()
+    }
+
+    /// What dockerd still knows about how container `id` ended, for a runner no boot watch
+    /// saw end (another backend value spawned it, or its boot window is long closed): its
+    /// state, exit code, OOM kill and error, and its last output lines. `None` when the
+    /// container is gone (`AutoRemove`) or dockerd cannot be asked.
+    async fn inspect_exit(&self, id: &str) -> Option<String> {
+        let docker = self.client().await.ok()?;
+        let info = self
+            .call("inspect the runner container", docker.inspect_container(id, None))
+            .await
+            .ok()?;
+        let state = info.state.unwrap_or_default();
+        let mut text = format!(
+            "container {} is {}",
+            short(id),
+            state
+                .status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "in an unknown state".into())
+        );
+        if let Some(code) = state.exit_code {
+            text.push_str(&format!(", exit code {code}"));
+        }
+        if state.oom_killed == Some(true) {
+            text.push_str(", killed for lack of memory (OOMKilled)");
+        }
+        if let Some(error) = state.error.filter(|e| !e.is_empty()) {
+            text.push_str(&format!(" ({error})"));
+        }
+        let options = LogsOptionsBuilder::new()
+            .follow(false)
+            .stdout(true)
+            .stderr(true)
+            .tail(&TAIL_LINES.to_string())
+            .build();
+        let read = async {
+            let mut out = String::new();
+            let mut logs = docker.logs(id, Some(options));
+            while let Some(Ok(item)) = logs.next().await {
+                if let LogOutput::StdOut { message }
+                | LogOutput::StdErr { message }
+                | LogOutput::Console { message } = item
+                {
+                    out.push_str(&String::from_utf8_lossy(&message));
+                }
+            }
+            out
+        };
+        let out = tokio::time::timeout(self.inner.settings.api_timeout, read)
+            .await
+            .unwrap_or_default();
+        let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+        if !lines.is_empty() {
+            text.push_str("; its last output lines: ");
+            text.push_str(&lines.join(" | "));
+        }
+        Some(text)
     }
 
     /// Where `reap` probes runner `runner_id` in container `id`: found as spawn finds it (the
@@ -969,7 +1036,7 @@ fn spawn_timeout(request: &SpawnRequest, id: &str, why: &str) -> Error {
     Error::new(
         ErrorCode::SpawnTimeout,
         format!(
-            "runner {} (container {}) did not become ready within {:?}: {why}",
+            "runner {} (container {}) was not placed within {:?}: {why}",
             request.runner_id,
             short(id),
             request.boot_timeout
@@ -981,6 +1048,16 @@ fn short(id: &str) -> &str {
     id.get(..12).unwrap_or(id)
 }
 
+/// When a spawn stops waiting for the engine to place its runner: a little before the boot
+/// deadline — a fifth of the boot timeout, between 200 ms and 3 s — so that its own typed
+/// error (with what the engine said) and the clean-up of what it started come back before
+/// core's readiness routine cuts the spawn off at the deadline. (A spawn cut off anyway still
+/// cleans up, from its drop guard.)
+fn placement_deadline(boot_timeout: Duration) -> Instant {
+    let margin = (boot_timeout / 5).clamp(Duration::from_millis(200), Duration::from_secs(3));
+    Instant::now() + boot_timeout.saturating_sub(margin)
+}
+
 #[async_trait]
 impl Backend for DockerBackend {
     fn name(&self) -> &str {
@@ -988,7 +1065,10 @@ impl Backend for DockerBackend {
     }
 
     async fn spawn(&self, request: SpawnRequest) -> Result<RunnerHandle> {
-        let deadline = Instant::now() + request.boot_timeout;
+        let deadline = placement_deadline(request.boot_timeout);
+        // What the runner prints and how it exits is kept for core's readiness probe, which
+        // may ask until the whole boot timeout has passed.
+        let watch_until = Instant::now() + request.boot_timeout + WATCH_MARGIN;
         let docker = self.client().await?;
         let target = self.target(&docker).await?.clone();
         self.ensure_image(&docker, &target).await?;
@@ -1007,10 +1087,22 @@ impl Backend for DockerBackend {
             docker: docker.clone(),
             id: id.clone(),
         };
-        match self.boot(&docker, &request, &id, deadline).await {
+        // Registered before the container starts, so even a runner that exits at once (and
+        // is auto-removed) leaves its exit code and last lines for `exit_details`.
+        let watched = watch::start(
+            &self.inner.watches,
+            &docker,
+            &id,
+            request.secret.clone(),
+            watch_until,
+        );
+        match self
+            .boot(&docker, &request, &id, deadline, &watched, watch_until)
+            .await
+        {
             Ok(endpoint) => {
                 guard.disarm();
-                tracing::debug!(runner = %request.runner_id, container = %short(&id), url = %endpoint.url, "flame docker: runner ready");
+                tracing::debug!(runner = %request.runner_id, container = %short(&id), url = %endpoint.url, "flame docker: runner placed");
                 Ok(RunnerHandle {
                     runner_id: request.runner_id.clone(),
                     backend_id: id,
@@ -1018,8 +1110,12 @@ impl Backend for DockerBackend {
                 })
             }
             Err(e) => {
+                watch::forget(&self.inner.watches, &id);
+                // The guard stays armed while the container is removed: a caller that gives
+                // up now (the readiness probe's deadline) still leaves nothing.
+                let removed = self.remove(&docker, &id).await;
                 guard.disarm();
-                if let Err(cleanup) = self.remove(&docker, &id).await {
+                if let Err(cleanup) = removed {
                     tracing::warn!(container = %short(&id), error = %cleanup, "flame docker: could not remove a runner that failed to boot");
                     return Err(e.context(format!("and its container could not be removed ({cleanup})")));
                 }
@@ -1028,9 +1124,37 @@ impl Backend for DockerBackend {
         }
     }
 
+    async fn exit_details(&self, handle: &RunnerHandle) -> Option<String> {
+        let id = &handle.backend_id;
+        let watched = self
+            .inner
+            .watches
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned();
+        if let Some(watched) = watched {
+            // The engine said it stopped: its exit code and last lines are moments away.
+            let progress = watched.settled().await;
+            return Some(watch::describe(
+                short(id),
+                progress.exit.as_ref(),
+                &watched.lines(),
+            ));
+        }
+        let text = self.inspect_exit(id).await?;
+        Some(
+            match handle.endpoint.secret.as_ref().filter(|s| !s.expose().is_empty()) {
+                Some(secret) => text.replace(secret.expose(), "<redacted>"),
+                None => text,
+            },
+        )
+    }
+
     async fn terminate(&self, handle: &RunnerHandle) -> Result<()> {
         let docker = self.client().await?;
         let id = &handle.backend_id;
+        watch::forget(&self.inner.watches, id);
         let options = StopContainerOptionsBuilder::new()
             .t(self.stop_grace_secs())
             .build();
@@ -1151,7 +1275,6 @@ impl Backend for DockerBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flame_core::InMemoryTransport;
 
     fn request() -> SpawnRequest {
         SpawnRequest {
@@ -1167,7 +1290,6 @@ mod tests {
             labels: BTreeMap::from([("flame.app".into(), "spoofed".into())]),
             boot_timeout: Duration::from_secs(5),
             secret: Some(flame_core::Secret::new("s3cret")),
-            prober: Arc::new(InMemoryTransport::new()),
         }
     }
 

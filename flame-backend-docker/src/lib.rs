@@ -34,9 +34,18 @@
 //!   app — exited, or reporting (unauthenticated, no secret) that their parent has been silent
 //!   past the failsafe window, or not answering for longer than that plus the boot timeout —
 //!   and never a runner of another live parent (replicas and rolling deploys are safe).
-//! - `spawn` returns only once the runner answers `ping`; past `boot_timeout` the container is
-//!   removed and the error is `SPAWN_TIMEOUT`. `terminate` stops (SIGTERM, grace time), then
-//!   removes, and is idempotent.
+//! - `spawn` creates and starts the container and returns as soon as the runner's address is
+//!   known — its `FLAME_READY <url>` line ([`Network::Host`]) or its address on a
+//!   [`Network::Named`] network — without pinging it: core's one readiness probe
+//!   (`flame_core::backend::readiness::start_runner`, which pools use) pings it until healthy,
+//!   and ends it otherwise. A container that exits before announcing itself is a `BACKEND`
+//!   error with its exit code and last output; one that does not announce within
+//!   `boot_timeout` is removed and the error is `SPAWN_TIMEOUT`; a spawn that fails or is
+//!   dropped half-way removes its container. `status` says `Stopped` as soon as the container
+//!   exited, and `exit_details` gives its exit code and last output lines (kept by a watch
+//!   registered before the container starts, since `AutoRemove` removes it at once), so a
+//!   runner that dies after announcing itself fails its start at once with that text.
+//!   `terminate` stops (SIGTERM, grace time), then removes, and is idempotent.
 //! - dockerd errors are `BACKEND` errors carrying the engine's message, retryable where a retry
 //!   can help (engine unreachable, 5xx) and not otherwise (image missing, name conflict).
 
@@ -44,6 +53,7 @@ mod backend;
 mod config;
 mod detect;
 mod error;
+mod watch;
 
 pub use backend::{DockerBackend, DockerBackendBuilder};
 pub use config::{Gpus, Limits, Network, PullPolicy};

@@ -28,7 +28,7 @@ fn subject(app: &str, backend: flame_backend_docker::DockerBackend) -> Subject {
     Subject::new(
         Arc::new(backend),
         Arc::new(HttpTransport::new()),
-        move |parent_id: &str, prober| conformance::default_request(&app, parent_id, prober),
+        move |parent_id: &str| conformance::default_request(&app, parent_id),
     )
     .leftovers(|req| {
         let req = req.clone();
@@ -68,9 +68,9 @@ async fn shared_engine_errors_are_typed() {
         .build()
         .unwrap();
     for backend in [missing_image, no_engine] {
-        let mut request = conformance::default_request(&app, "p", prober.clone());
+        let mut request = conformance::default_request(&app, "p");
         request.boot_timeout = Duration::from_secs(10);
-        conformance::engine_errors_are_typed(&backend, request).await;
+        conformance::engine_errors_are_typed(&backend, request, &*prober).await;
     }
     assert!(app_containers(&app).await.is_empty());
 }
@@ -89,20 +89,21 @@ async fn runner_that_never_announces_ready_times_out_and_leaves_nothing() {
         .unwrap();
     let boot_timeout = Duration::from_secs(3);
     let started = Instant::now();
-    let err = backend
-        .spawn(spawn_request(&app, "parent-1", boot_timeout))
+    let err = start(&backend, spawn_request(&app, "parent-1", boot_timeout))
         .await
         .unwrap_err();
     let took = started.elapsed();
     assert_eq!(err.code(), ErrorCode::SpawnTimeout, "{err}");
     assert!(err.is_retryable());
-    assert!(took >= boot_timeout, "gave up early: {took:?}");
+    // Spawn gives up a little before the boot deadline, to remove its container in time.
+    assert!(took >= boot_timeout * 3 / 4, "gave up early: {took:?}");
     assert!(
         took < boot_timeout + Duration::from_secs(15),
         "gave up late: {took:?}"
     );
+    // The probe dropped the spawn at the deadline: its guard removes the container.
     assert!(
-        app_containers(&app).await.is_empty(),
+        wait_no_containers(&app, Duration::from_secs(15)).await,
         "a timed-out spawn left its container"
     );
 }
@@ -144,20 +145,22 @@ async fn reap_removes_runners_of_a_crashed_parent_only() {
     // Their own failsafe windows are long (60 s): only reap can end the crashed one's.
     let boot = Duration::from_secs(30);
     let (a, b, live, replica) = tokio::join!(
-        backend.spawn(spawn_request_with(&app, "crashed-parent", boot, 60_000)),
-        backend.spawn(spawn_request_with(&app, "crashed-parent", boot, 60_000)),
-        backend.spawn(spawn_request_with(&app, "live-parent", boot, 60_000)),
-        backend.spawn(spawn_request_with(&app, "replica-parent", boot, 60_000)),
+        start(&backend, spawn_request_with(&app, "crashed-parent", boot, 60_000)),
+        start(&backend, spawn_request_with(&app, "crashed-parent", boot, 60_000)),
+        start(&backend, spawn_request_with(&app, "live-parent", boot, 60_000)),
+        start(&backend, spawn_request_with(&app, "replica-parent", boot, 60_000)),
     );
     let (a, b, live, replica) = (a.unwrap(), b.unwrap(), live.unwrap(), replica.unwrap());
     let _replica_alive = KeepInTouch::start(replica.endpoint.clone());
     // Another app's runner is never touched.
     let other_app = unique_app("reap-other");
     let _cleanup_other = Cleanup::new(&other_app);
-    let other = backend
-        .spawn(spawn_request_with(&other_app, "crashed-parent", boot, 60_000))
-        .await
-        .unwrap();
+    let other = start(
+        &backend,
+        spawn_request_with(&other_app, "crashed-parent", boot, 60_000),
+    )
+    .await
+    .unwrap();
 
     let window = Duration::from_secs(2);
     let scope = ReapScope::new(&app, "live-parent", Arc::new(HttpTransport::new()))
@@ -281,8 +284,7 @@ async fn engine_errors_are_typed_missing_image_and_name_conflict() {
         .image("flame-no-such-image:does-not-exist")
         .build()
         .unwrap();
-    let err = missing
-        .spawn(spawn_request(&app, "parent-1", Duration::from_secs(10)))
+    let err = start(&missing, spawn_request(&app, "parent-1", Duration::from_secs(10)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Backend, "{err}");
@@ -293,8 +295,8 @@ async fn engine_errors_are_typed_missing_image_and_name_conflict() {
     // Same runner id twice: dockerd's 409 name conflict, not retryable, first runner intact.
     let backend = backend_builder().build().unwrap();
     let request = spawn_request(&app, "parent-1", Duration::from_secs(30));
-    let handle = backend.spawn(request.clone()).await.unwrap();
-    let err = backend.spawn(request).await.unwrap_err();
+    let handle = start(&backend, request.clone()).await.unwrap();
+    let err = start(&backend, request).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::Backend, "{err}");
     assert!(!err.is_retryable(), "{err}");
     assert!(err.message().contains("already in use"), "{err}");

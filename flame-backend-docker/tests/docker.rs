@@ -26,8 +26,7 @@ async fn runner_really_runs_inside_a_container() {
     let app = unique_app("whoami");
     let _cleanup = Cleanup::new(&app);
     let backend = backend_builder().build().unwrap();
-    let handle = backend
-        .spawn(spawn_request(&app, "parent-1", Duration::from_secs(30)))
+    let handle = start(&backend, spawn_request(&app, "parent-1", Duration::from_secs(30)))
         .await
         .unwrap();
     let who: WhoAmI = call(&handle.endpoint, "utils", "whoami", &()).await.unwrap();
@@ -69,8 +68,7 @@ async fn calls_round_trip_through_the_container() {
     let app = unique_app("roundtrip");
     let _cleanup = Cleanup::new(&app);
     let backend = backend_builder().build().unwrap();
-    let handle = backend
-        .spawn(spawn_request(&app, "parent-1", Duration::from_secs(30)))
+    let handle = start(&backend, spawn_request(&app, "parent-1", Duration::from_secs(30)))
         .await
         .unwrap();
     let sum: i64 = call(&handle.endpoint, "math", "add", &(40i64, 2i64))
@@ -114,7 +112,7 @@ async fn container_carries_labels_limits_env_and_auto_remove() {
         .unwrap();
     let mut request = spawn_request(&app, "parent-7", Duration::from_secs(30));
     request.pool = "gpu".into();
-    let handle = backend.spawn(request.clone()).await.unwrap();
+    let handle = start(&backend, request.clone()).await.unwrap();
 
     let docker = Docker::connect_with_defaults().unwrap();
     let info = docker.inspect_container(&handle.backend_id, None).await.unwrap();
@@ -170,7 +168,7 @@ async fn address_resolver_overrides_the_announced_url() {
         .build()
         .unwrap();
     let request = spawn_request(&app, "parent-1", Duration::from_secs(30));
-    let handle = backend.spawn(request.clone()).await.unwrap();
+    let handle = start(&backend, request.clone()).await.unwrap();
     let seen = seen.lock().unwrap().clone();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].runner_id, request.runner_id);
@@ -196,7 +194,7 @@ async fn runner_that_fails_to_boot_is_a_typed_error_and_gone() {
     let backend = backend_builder().build().unwrap();
     let mut request = spawn_request(&app, "parent-1", Duration::from_secs(20));
     request.env.insert("FLAME_LISTEN".into(), "not-an-address".into());
-    let err = backend.spawn(request).await.unwrap_err();
+    let err = start(&backend, request).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::Backend, "{err}");
     assert!(!err.is_retryable(), "{err}");
     assert!(err.message().contains("exited before it announced"), "{err}");
@@ -208,14 +206,58 @@ async fn runner_that_fails_to_boot_is_a_typed_error_and_gone() {
 
     // The command does not exist in the image: dockerd refuses to start it.
     let backend = backend_builder().command(["/no-such-binary"]).build().unwrap();
-    let err = backend
-        .spawn(spawn_request(&app, "parent-1", Duration::from_secs(20)))
+    let err = start(&backend, spawn_request(&app, "parent-1", Duration::from_secs(20)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Backend, "{err}");
     assert!(!err.is_retryable(), "{err}");
     assert!(err.message().contains("no-such-binary"), "{err}");
     assert!(wait_no_containers(&app, Duration::from_secs(10)).await);
+}
+
+/// A runner that announces `FLAME_READY` and then dies (exit code 3, a last line on stderr)
+/// is placed, but never answers: core's readiness probe hears from dockerd that the container
+/// stopped and fails the start at once — long before the boot timeout — with the exit code and
+/// the last output from `exit_details`, although `AutoRemove` removed the container; nothing
+/// is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runner_that_dies_after_announcing_fails_fast_with_its_exit_details() {
+    if !docker_available() {
+        return;
+    }
+    let app = unique_app("dies");
+    let _cleanup = Cleanup::new(&app);
+    let backend = backend_builder()
+        .command(["/docker_runner", "ready-then-die"])
+        .build()
+        .unwrap();
+    let boot_timeout = Duration::from_secs(120);
+    let request = spawn_request(&app, "parent-1", boot_timeout);
+    let secret = request.secret.clone().unwrap();
+    let started = std::time::Instant::now();
+    let err = start(&backend, request).await.unwrap_err();
+    let took = started.elapsed();
+    assert_eq!(err.code(), ErrorCode::Backend, "{err}");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.message().contains("exited before it was ready"), "{err}");
+    assert!(
+        err.message().contains("exited with code 3"),
+        "no exit code: {err}"
+    );
+    assert!(
+        err.message().contains("fatal: lost the database"),
+        "no last output: {err}"
+    );
+    assert!(
+        !err.to_string().contains(secret.expose()),
+        "the secret leaked: {err}"
+    );
+    assert!(
+        took < boot_timeout / 2,
+        "the probe waited for the boot timeout instead of the engine's word: {took:?}"
+    );
+    assert!(wait_no_containers(&app, Duration::from_secs(15)).await);
+    eprintln!("a runner that died after announcing failed its start in {took:?}: {err}");
 }
 
 /// A closed port and a missing socket: every operation fails fast with a retryable `BACKEND`
@@ -241,8 +283,7 @@ async fn unreachable_dockerd_gives_typed_retryable_errors() {
             .build()
             .unwrap();
         let started = std::time::Instant::now();
-        let err = backend
-            .spawn(spawn_request(&app, "parent-1", Duration::from_secs(10)))
+        let err = start(&backend, spawn_request(&app, "parent-1", Duration::from_secs(10)))
             .await
             .unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(6), "{host}: slow failure");
@@ -324,8 +365,7 @@ async fn dockerd_gone_mid_test_gives_typed_errors_and_no_leak() {
         .api_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let handle = backend
-        .spawn(spawn_request(&app, "parent-1", Duration::from_secs(30)))
+    let handle = start(&backend, spawn_request(&app, "parent-1", Duration::from_secs(30)))
         .await
         .unwrap();
     assert_eq!(backend.status(&handle).await.unwrap(), RunnerState::Running);
@@ -336,8 +376,7 @@ async fn dockerd_gone_mid_test_gives_typed_errors_and_no_leak() {
         backend.status(&handle).await.unwrap_err(),
         backend.terminate(&handle).await.unwrap_err(),
         backend.reap(&scope).await.unwrap_err(),
-        backend
-            .spawn(spawn_request(&app, "parent-1", Duration::from_secs(10)))
+        start(&backend, spawn_request(&app, "parent-1", Duration::from_secs(10)))
             .await
             .unwrap_err(),
     ];
@@ -490,8 +529,7 @@ async fn engine_refusals_at_create_and_start_are_typed_and_leave_nothing() {
     let app = unique_app("refusals");
     let _cleanup = Cleanup::new(&app);
     let tiny = backend_builder().memory_bytes(1024).build().unwrap();
-    let err = tiny
-        .spawn(spawn_request(&app, "parent-1", Duration::from_secs(10)))
+    let err = start(&tiny, spawn_request(&app, "parent-1", Duration::from_secs(10)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Backend, "{err}");
@@ -499,8 +537,7 @@ async fn engine_refusals_at_create_and_start_are_typed_and_leave_nothing() {
     assert!(err.message().contains("Minimum memory limit"), "{err}");
 
     let gpu = backend_builder().gpus(Gpus::All).build().unwrap();
-    let err = gpu
-        .spawn(spawn_request(&app, "parent-1", Duration::from_secs(10)))
+    let err = start(&gpu, spawn_request(&app, "parent-1", Duration::from_secs(10)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Backend, "{err}");
@@ -616,7 +653,7 @@ async fn named_network_reports_the_container_address_to_the_resolver() {
         }))
         .build()
         .unwrap();
-    let handle = backend.spawn(request.clone()).await.unwrap();
+    let handle = start(&backend, request.clone()).await.unwrap();
     let address = seen.lock().unwrap()[0].clone();
 
     // With a log driver that cannot be read, the known port stands in for `FLAME_READY`.
@@ -632,7 +669,7 @@ async fn named_network_reports_the_container_address_to_the_resolver() {
         .unwrap();
     let mut quiet = request.clone();
     quiet.runner_id = format!("{}-quiet", request.runner_id);
-    let quiet = silent.spawn(quiet).await.unwrap();
+    let quiet = start(&silent, quiet).await.unwrap();
     silent.terminate(&quiet).await.unwrap();
 
     let info = Docker::connect_with_defaults()
@@ -835,8 +872,7 @@ async fn dockerd_killed_mid_test_gives_typed_errors_and_no_leak() {
         .api_timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    let handle = backend
-        .spawn(spawn_request(&app, "parent-1", Duration::from_secs(30)))
+    let handle = start(&backend, spawn_request(&app, "parent-1", Duration::from_secs(30)))
         .await
         .unwrap();
     let sum: i64 = call(&handle.endpoint, "math", "add", &(2i64, 2i64))
@@ -850,8 +886,7 @@ async fn dockerd_killed_mid_test_gives_typed_errors_and_no_leak() {
         backend.status(&handle).await.unwrap_err(),
         backend.terminate(&handle).await.unwrap_err(),
         backend.reap(&scope).await.unwrap_err(),
-        backend
-            .spawn(spawn_request(&app, "parent-1", Duration::from_secs(10)))
+        start(&backend, spawn_request(&app, "parent-1", Duration::from_secs(10)))
             .await
             .unwrap_err(),
     ];
@@ -893,8 +928,7 @@ async fn unreadable_log_driver_on_host_network_is_a_typed_error() {
     let app = unique_app("no-logs");
     let _cleanup = Cleanup::new(&app);
     let backend = backend_builder().log_driver("none").build().unwrap();
-    let err = backend
-        .spawn(spawn_request(&app, "parent-1", Duration::from_secs(20)))
+    let err = start(&backend, spawn_request(&app, "parent-1", Duration::from_secs(20)))
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Backend, "{err}");

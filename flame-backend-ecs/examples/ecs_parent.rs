@@ -82,9 +82,6 @@ fn moto_builder(moto: &str) -> flame_backend_ecs::EcsBackendBuilder {
         .poll(PollSettings {
             describe_min: Duration::from_millis(20),
             describe_max: Duration::from_millis(100),
-            ping_min: Duration::from_millis(20),
-            ping_max: Duration::from_millis(100),
-            recheck_every: Duration::from_millis(150),
         })
         .retry(RetrySettings {
             max_attempts: 3,

@@ -41,21 +41,15 @@ pub enum SecretDelivery {
     TaskDefinition,
 }
 
-/// Timing of the boot wait: DescribeTasks polling and `ping` retries, each with exponential
-/// backoff (with jitter) between `min` and `max`.
+/// Timing of spawn's wait for the task to run with an address: DescribeTasks polling with
+/// exponential backoff (with jitter) between `describe_min` and `describe_max`. (Pinging the
+/// runner until healthy is core's readiness probe, not this backend's.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PollSettings {
     /// First DescribeTasks delay.
     pub describe_min: Duration,
     /// Longest DescribeTasks delay.
     pub describe_max: Duration,
-    /// First delay between pings of a booting runner.
-    pub ping_min: Duration,
-    /// Longest delay between pings.
-    pub ping_max: Duration,
-    /// While pinging, check the task with DescribeTasks this often (to notice a task that
-    /// stopped instead of waiting out `boot_timeout`).
-    pub recheck_every: Duration,
 }
 
 impl Default for PollSettings {
@@ -63,9 +57,6 @@ impl Default for PollSettings {
         PollSettings {
             describe_min: Duration::from_millis(250),
             describe_max: Duration::from_secs(5),
-            ping_min: Duration::from_millis(100),
-            ping_max: Duration::from_secs(1),
-            recheck_every: Duration::from_secs(5),
         }
     }
 }
@@ -373,7 +364,7 @@ impl EcsBackendBuilder {
         self
     }
 
-    /// Boot-wait timing.
+    /// Timing of spawn's wait for the task to run with an address (DescribeTasks polling).
     pub fn poll(mut self, poll: PollSettings) -> Self {
         self.poll = poll;
         self

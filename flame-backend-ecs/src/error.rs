@@ -32,7 +32,9 @@ pub enum EcsErrorKind {
     Agent,
     /// RunTask reported another failure (`MISSING`, `ATTRIBUTE`, ...).
     RunTaskFailed,
-    /// The task stopped (or started stopping) before its runner answered `ping`.
+    /// The task stopped (or started stopping) before it was `RUNNING` with an address. (One
+    /// that stops later, before its runner answers, fails core's readiness probe with a
+    /// `BACKEND` error carrying [`Backend::exit_details`](flame_core::Backend::exit_details).)
     StoppedDuringBoot,
     /// The task did not become reachable within `boot_timeout`.
     BootTimeout,

@@ -3,7 +3,10 @@
 //! A [`flame_core::Backend`] over `aws-sdk-ecs`: every runner is one ECS task of the same
 //! image as the parent, started with `RunTask` (container overrides carry `FLAME_MODE=runner`
 //! and the other `FLAME_*` variables, optionally a different command), awaited with
-//! `DescribeTasks` until `RUNNING` with an ENI address, then pinged until healthy. `StopTask`
+//! `DescribeTasks` until `RUNNING` with an ENI address — that is where `spawn` returns; core's
+//! one readiness probe (`flame_core::backend::readiness::start_runner`, which pools use) then
+//! pings the runner until healthy, and fails the start at once, with ECS's stop code, stopped
+//! reason and container exit codes (`exit_details`), when the task stops first. `StopTask`
 //! ends it; `ListTasks` by `startedBy` plus the tags `flame.app` / `flame.parent` finds the
 //! tasks a crashed parent left behind, and `reap` stops only those that are provably
 //! orphaned — their runner says (unauthenticated, no secret) that its parent has been silent

@@ -29,8 +29,8 @@ async fn moto_backend_passes_the_conformance_suite() {
     let backend: Arc<dyn Backend> = Arc::new(backend);
     let client = world.client.clone();
     let cluster = world.cluster.clone();
-    let subject = Subject::new(backend, runners.transport(), |parent_id: &str, prober| {
-        conformance::default_request("conformance", parent_id, prober)
+    let subject = Subject::new(backend, runners.transport(), |parent_id: &str| {
+        conformance::default_request("conformance", parent_id)
     })
     .boot_timeout(Duration::from_secs(15))
     .leftovers(move |req| {
@@ -96,8 +96,8 @@ async fn moto_engine_errors_are_typed() {
         .build()
         .await
         .unwrap();
-    let req = conformance::default_request("refusing", "p", runners.prober());
-    conformance::engine_errors_are_typed(&failing, req).await;
+    let req = conformance::default_request("refusing", "p");
+    conformance::engine_errors_are_typed(&failing, req, &runners.transport).await;
     // And a dead endpoint (nothing listens): retried, then a typed error.
     let dead = flame_backend_ecs::EcsBackend::builder()
         .endpoint_url("http://127.0.0.1:9")
@@ -113,8 +113,8 @@ async fn moto_engine_errors_are_typed() {
         .build()
         .await
         .unwrap();
-    let mut req = conformance::default_request("refusing", "p", runners.prober());
+    let mut req = conformance::default_request("refusing", "p");
     req.boot_timeout = Duration::from_secs(5);
-    conformance::engine_errors_are_typed(&dead, req).await;
+    conformance::engine_errors_are_typed(&dead, req, &runners.transport).await;
     assert!(world.running_tasks().await.is_empty());
 }

@@ -15,8 +15,8 @@ use wiremock::{MockServer, ResponseTemplate};
 
 const BOOT: Duration = Duration::from_secs(10);
 
-fn req(runners: &Runners) -> flame_core::SpawnRequest {
-    request("faults", "parent-f", runners.prober(), BOOT)
+fn req() -> flame_core::SpawnRequest {
+    request("faults", "parent-f", BOOT)
 }
 
 #[tokio::test]
@@ -50,7 +50,7 @@ async fn throttling_then_success() {
         .await;
     let runners = Runners::new();
     let backend = mock::backend(&server, &runners).await;
-    let handle = backend.spawn(req(&runners)).await.unwrap();
+    let handle = start(&backend, req(), &runners.transport).await.unwrap();
     assert_eq!(handle.backend_id, TASK_ARN);
     assert_eq!(add(&runners.transport, &handle.endpoint, 20, 22).await, 42);
     assert_eq!(
@@ -78,7 +78,7 @@ async fn throttling_until_give_up_is_a_retryable_typed_error() {
         .await;
     let runners = Runners::new();
     let backend = mock::backend(&server, &runners).await;
-    let err = backend.spawn(req(&runners)).await.unwrap_err();
+    let err = start(&backend, req(), &runners.transport).await.unwrap_err();
     assert_eq!(EcsError::kind_of(&err), Some(EcsErrorKind::Throttled), "{err}");
     assert_eq!(err.code(), ErrorCode::Backend);
     assert!(err.is_retryable());
@@ -100,7 +100,7 @@ async fn server_errors_until_give_up() {
         .await;
     let runners = Runners::new();
     let backend = mock::backend(&server, &runners).await;
-    let err = backend.spawn(req(&runners)).await.unwrap_err();
+    let err = start(&backend, req(), &runners.transport).await.unwrap_err();
     assert_eq!(EcsError::kind_of(&err), Some(EcsErrorKind::Unavailable), "{err}");
     assert!(err.is_retryable());
     assert!(err.message().contains("500"), "{err}");
@@ -137,7 +137,7 @@ async fn run_task_failures_are_typed_capacity_agent_and_other() {
             .await;
         let runners = Runners::new();
         let backend = mock::backend(&server, &runners).await;
-        let err = backend.spawn(req(&runners)).await.unwrap_err();
+        let err = start(&backend, req(), &runners.transport).await.unwrap_err();
         assert_eq!(EcsError::kind_of(&err), Some(kind), "{reason}: {err}");
         assert_eq!(err.is_retryable(), retryable, "{reason}");
         assert_eq!(EcsError::of(&err).unwrap().ecs_code.as_deref(), Some(reason));
@@ -174,7 +174,7 @@ async fn truncated_run_task_reply_is_malformed_and_the_task_is_found_and_stopped
         .await;
     let runners = Runners::new();
     let backend = mock::backend(&server, &runners).await;
-    let request = req(&runners);
+    let request = req();
     // The task that did start carries this runner's id in its tags.
     let mut tagged = mock::task("PROVISIONING", "RUNNING", None);
     tagged["tags"] = serde_json::json!([
@@ -187,7 +187,7 @@ async fn truncated_run_task_reply_is_malformed_and_the_task_is_found_and_stopped
         .await;
     op("StopTask").respond_with(mock::stop_ok()).mount(&server).await;
 
-    let err = backend.spawn(request).await.unwrap_err();
+    let err = start(&backend, request, &runners.transport).await.unwrap_err();
     assert_eq!(
         EcsError::kind_of(&err),
         Some(EcsErrorKind::MalformedReply),
@@ -223,7 +223,7 @@ async fn truncated_describe_reply_is_malformed_and_the_task_is_stopped() {
     op("StopTask").respond_with(mock::stop_ok()).mount(&server).await;
     let runners = Runners::new();
     let backend = mock::backend(&server, &runners).await;
-    let err = backend.spawn(req(&runners)).await.unwrap_err();
+    let err = start(&backend, req(), &runners.transport).await.unwrap_err();
     assert_eq!(
         EcsError::kind_of(&err),
         Some(EcsErrorKind::MalformedReply),
@@ -252,7 +252,7 @@ async fn describe_server_errors_until_give_up_stop_the_started_task() {
     op("StopTask").respond_with(mock::stop_ok()).mount(&server).await;
     let runners = Runners::new();
     let backend = mock::backend(&server, &runners).await;
-    let err = backend.spawn(req(&runners)).await.unwrap_err();
+    let err = start(&backend, req(), &runners.transport).await.unwrap_err();
     assert_eq!(EcsError::kind_of(&err), Some(EcsErrorKind::Unavailable), "{err}");
     assert_eq!(mock::count(&server, "DescribeTasks").await, 3);
     assert_eq!(mock::count(&server, "StopTask").await, 1);
@@ -284,7 +284,7 @@ async fn boot_waits_through_provisioning_pending_activating() {
         .await;
     let runners = Runners::new();
     let backend = mock::backend(&server, &runners).await;
-    let handle = backend.spawn(req(&runners)).await.unwrap();
+    let handle = start(&backend, req(), &runners.transport).await.unwrap();
     assert_eq!(mock::count(&server, "DescribeTasks").await, 4);
     assert_eq!(runners.seen.lock().unwrap()[0].host.as_deref(), Some("10.0.0.9"));
     assert_eq!(backend.status(&handle).await.unwrap(), RunnerState::Running);
@@ -314,7 +314,7 @@ async fn task_stopping_during_boot_is_typed_and_stopped() {
     op("StopTask").respond_with(mock::stop_ok()).mount(&server).await;
     let runners = Runners::new();
     let backend = mock::backend(&server, &runners).await;
-    let err = backend.spawn(req(&runners)).await.unwrap_err();
+    let err = start(&backend, req(), &runners.transport).await.unwrap_err();
     assert_eq!(
         EcsError::kind_of(&err),
         Some(EcsErrorKind::StoppedDuringBoot),
@@ -361,7 +361,7 @@ async fn slow_reply_times_out_and_is_retried() {
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    backend.spawn(req(&runners)).await.unwrap();
+    start(&backend, req(), &runners.transport).await.unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(8),
         "{:?}",
@@ -386,7 +386,7 @@ async fn running_task_without_eni_is_a_config_error_and_stopped() {
     op("StopTask").respond_with(mock::stop_ok()).mount(&server).await;
     let runners = Runners::new();
     let backend = mock::backend(&server, &runners).await;
-    let err = backend.spawn(req(&runners)).await.unwrap_err();
+    let err = start(&backend, req(), &runners.transport).await.unwrap_err();
     assert_eq!(EcsError::kind_of(&err), Some(EcsErrorKind::NoAddress), "{err}");
     assert!(err.message().contains("awsvpc"), "{err}");
     assert_eq!(mock::count(&server, "StopTask").await, 1);
@@ -442,7 +442,7 @@ async fn cancelled_spawn_stops_its_task() {
     op("StopTask").respond_with(mock::stop_ok()).mount(&server).await;
     let runners = Runners::new();
     let backend = mock::backend(&server, &runners).await;
-    let spawn = backend.spawn(req(&runners));
+    let spawn = backend.spawn(req());
     // The caller gives up while the task is still PENDING.
     assert!(tokio::time::timeout(Duration::from_millis(300), spawn)
         .await

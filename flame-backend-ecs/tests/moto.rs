@@ -28,8 +28,8 @@ async fn moto_spawn_ping_invoke_status_terminate() {
         .unwrap();
     assert_eq!(backend.name(), "ecs");
 
-    let req = request("basic", "parent-1", runners.prober(), BOOT);
-    let handle = backend.spawn(req.clone()).await.unwrap();
+    let req = request("basic", "parent-1", BOOT);
+    let handle = start(&backend, req.clone(), &runners.transport).await.unwrap();
     assert_eq!(handle.runner_id, req.runner_id);
     assert!(
         handle.backend_id.starts_with("arn:aws:ecs:"),
@@ -86,9 +86,9 @@ async fn moto_run_task_arguments_as_sent() {
         .build()
         .await
         .unwrap();
-    let mut req = request("args-app", "parent-args", runners.prober(), BOOT);
+    let mut req = request("args-app", "parent-args", BOOT);
     req.env.insert("USER_SETTING".into(), "forwarded".into());
-    let handle = backend.spawn(req.clone()).await.unwrap();
+    let handle = start(&backend, req.clone(), &runners.transport).await.unwrap();
 
     let task = world.describe(&handle.backend_id).await;
     assert_eq!(task.started_by(), Some("flame-args-app"));
@@ -152,8 +152,8 @@ async fn moto_secret_from_task_definition_stays_out_of_overrides() {
         .build()
         .await
         .unwrap();
-    let req = request("secret", "p", runners.transport(), BOOT);
-    let handle = backend.spawn(req.clone()).await.unwrap();
+    let req = request("secret", "p", BOOT);
+    let handle = start(&backend, req.clone(), &*runners.transport()).await.unwrap();
     let task = world.describe(&handle.backend_id).await;
     let container = &task.overrides().unwrap().container_overrides()[0];
     let env: Vec<_> = container
@@ -184,6 +184,7 @@ async fn moto_secret_from_task_definition_stays_out_of_overrides() {
         idempotency_key: None,
         trace: Default::default(),
         attempt: 1,
+        cast: false,
     };
     let err = runners.transport().invoke(&wrong, &inv).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::Unauthorized, "{err}");
@@ -220,8 +221,7 @@ async fn moto_container_name_comes_from_the_task_definition() {
         .build()
         .await
         .unwrap();
-    let handle = backend
-        .spawn(request("onecontainer", "p", runners.prober(), BOOT))
+    let handle = start(&backend, request("onecontainer", "p", BOOT), &runners.transport)
         .await
         .unwrap();
     let task = single.describe(&handle.backend_id).await;
@@ -243,8 +243,7 @@ async fn moto_container_name_comes_from_the_task_definition() {
         .build()
         .await
         .unwrap();
-    let err = backend
-        .spawn(request("twocontainers", "p", runners.prober(), BOOT))
+    let err = start(&backend, request("twocontainers", "p", BOOT), &runners.transport)
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Config, "{err}");
@@ -253,32 +252,41 @@ async fn moto_container_name_comes_from_the_task_definition() {
     assert!(two.running_tasks().await.is_empty());
 }
 
+/// A task that ECS stops right after it is RUNNING (an essential container exited) was
+/// placed, but its runner never answers: core's readiness probe hears from DescribeTasks that
+/// it stopped and fails the start at once — long before the boot timeout — with ECS's stopped
+/// reason from `exit_details`.
 #[tokio::test]
-async fn moto_task_stopped_during_boot_is_a_typed_error() {
+async fn moto_task_stopped_right_after_running_fails_fast_with_its_stop_reason() {
     if !moto_available().await {
         return;
     }
     let world = MotoWorld::new("stopboot").await;
     let runners = Runners::new();
-    // The runner never answers, so the backend keeps pinging and re-checking the task.
+    // The runner never answers, so the probe keeps pinging and asking ECS about the task.
     let backend = world
         .builder()
         .resolver(runners.silent_resolver())
         .build()
         .await
         .unwrap();
+    let boot = Duration::from_secs(60);
+    let started = std::time::Instant::now();
     let spawn = tokio::spawn({
         let backend = backend.clone();
-        let req = request("stopboot", "p", runners.prober(), Duration::from_secs(20));
-        async move { backend.spawn(req).await }
+        let transport = runners.transport.clone();
+        let req = request("stopboot", "p", boot);
+        async move { start(&backend, req, &transport).await }
     });
-    // The task dies on its own (an essential container exits): stop it from the side.
+    // The backend resolved the task's address: it was RUNNING, spawn has placed it.
     let arn = loop {
-        if let Some(arn) = world.running_tasks().await.first().cloned() {
-            break arn;
+        if let Some(address) = runners.seen.lock().unwrap().first() {
+            break address.backend_id.clone();
         }
+        assert!(!spawn.is_finished(), "the start ended before the task ran");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+    // The task dies on its own (an essential container exits): stop it from the side.
     world
         .client
         .stop_task()
@@ -288,28 +296,24 @@ async fn moto_task_stopped_during_boot_is_a_typed_error() {
         .send()
         .await
         .unwrap();
-    let started = std::time::Instant::now();
-    let err = tokio::time::timeout(Duration::from_secs(15), spawn)
+    let err = tokio::time::timeout(boot, spawn)
         .await
         .unwrap()
         .unwrap()
         .unwrap_err();
-    assert!(
-        started.elapsed() < Duration::from_secs(10),
-        "noticed late: {:?}",
-        started.elapsed()
-    );
-    assert_eq!(
-        EcsError::kind_of(&err),
-        Some(EcsErrorKind::StoppedDuringBoot),
-        "{err}"
-    );
-    assert_eq!(err.code(), ErrorCode::Backend);
+    let took = started.elapsed();
+    assert!(took < boot / 2, "noticed late: {took:?}");
+    assert_eq!(err.code(), ErrorCode::Backend, "{err}");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.message().contains("exited before it was ready"), "{err}");
+    assert!(err.message().contains(&arn), "{err}");
     assert!(
         err.message().contains("Essential container in task exited"),
         "{err}"
     );
+    assert!(!err.to_string().contains("s3cret-for-tests"), "{err}");
     assert!(world.running_tasks().await.is_empty());
+    eprintln!("a task stopped after RUNNING failed its start in {took:?}: {err}");
 }
 
 #[tokio::test]
@@ -319,6 +323,7 @@ async fn moto_boot_timeout_stops_the_task() {
     }
     let world = MotoWorld::new("boottimeout").await;
     let runners = Runners::new();
+    // The task runs, but its runner never answers a health ping.
     let backend = world
         .builder()
         .resolver(runners.silent_resolver())
@@ -326,32 +331,28 @@ async fn moto_boot_timeout_stops_the_task() {
         .await
         .unwrap();
     let started = std::time::Instant::now();
-    let err = backend
-        .spawn(request(
-            "boottimeout",
-            "p",
-            runners.prober(),
-            Duration::from_millis(1500),
-        ))
-        .await
-        .unwrap_err();
+    let err = start(
+        &backend,
+        request("boottimeout", "p", Duration::from_millis(1500)),
+        &runners.transport,
+    )
+    .await
+    .unwrap_err();
     let took = started.elapsed();
     assert_eq!(err.code(), ErrorCode::SpawnTimeout, "{err}");
-    assert_eq!(EcsError::kind_of(&err), Some(EcsErrorKind::BootTimeout));
     assert!(err.is_retryable());
     assert!(
         took >= Duration::from_millis(1400) && took < Duration::from_secs(8),
         "{took:?}"
     );
-    // Nothing left running: the task was stopped with a reason.
+    // Nothing left running: the probe ended the task.
     assert!(world.running_tasks().await.is_empty());
     let arn = runners.seen.lock().unwrap()[0].backend_id.clone();
     let task = world.describe(&arn).await;
     assert_eq!(task.desired_status(), Some("STOPPED"));
-    assert!(
-        task.stopped_reason().unwrap().starts_with("flame: spawn failed"),
-        "{:?}",
-        task.stopped_reason()
+    assert_eq!(
+        task.stopped_reason(),
+        Some("flame: runner terminated by its parent")
     );
 }
 
@@ -372,26 +373,29 @@ async fn moto_reap_stops_only_tasks_of_dead_parents_of_the_app() {
         .await
         .unwrap();
     let app = format!("reap-{}", uuid::Uuid::new_v4().simple());
-    let dead1 = backend
-        .spawn(request(&app, "dead-parent", runners.prober(), BOOT))
+    let dead1 = start(&backend, request(&app, "dead-parent", BOOT), &runners.transport)
         .await
         .unwrap();
-    let dead2 = backend
-        .spawn(request(&app, "dead-parent", runners.prober(), BOOT))
+    let dead2 = start(&backend, request(&app, "dead-parent", BOOT), &runners.transport)
         .await
         .unwrap();
-    let live = backend
-        .spawn(request(&app, "live-parent", runners.prober(), BOOT))
+    let live = start(&backend, request(&app, "live-parent", BOOT), &runners.transport)
         .await
         .unwrap();
-    let replica = backend
-        .spawn(request(&app, "replica-parent", runners.prober(), BOOT))
-        .await
-        .unwrap();
-    let other = backend
-        .spawn(request("other-app", "dead-parent", runners.prober(), BOOT))
-        .await
-        .unwrap();
+    let replica = start(
+        &backend,
+        request(&app, "replica-parent", BOOT),
+        &runners.transport,
+    )
+    .await
+    .unwrap();
+    let other = start(
+        &backend,
+        request("other-app", "dead-parent", BOOT),
+        &runners.transport,
+    )
+    .await
+    .unwrap();
     // The replica's parent keeps in touch with its runner, as a live parent's pool does.
     let in_touch = runners.dispatcher(&replica.backend_id).unwrap();
     let touch = tokio::spawn(async move {
@@ -450,8 +454,7 @@ async fn moto_terminate_twice_is_ok() {
         .build()
         .await
         .unwrap();
-    let handle = backend
-        .spawn(request("twice", "p", runners.prober(), BOOT))
+    let handle = start(&backend, request("twice", "p", BOOT), &runners.transport)
         .await
         .unwrap();
     backend.terminate(&handle).await.unwrap();
@@ -476,8 +479,9 @@ async fn moto_many_concurrent_spawns_each_get_their_own_task() {
     let spawns: Vec<_> = (0..8)
         .map(|_| {
             let backend = backend.clone();
-            let req = request("concurrent", "p", runners.prober(), BOOT);
-            tokio::spawn(async move { backend.spawn(req).await })
+            let transport = runners.transport.clone();
+            let req = request("concurrent", "p", BOOT);
+            tokio::spawn(async move { start(&backend, req, &transport).await })
         })
         .collect();
     let mut handles = Vec::new();
@@ -513,8 +517,7 @@ async fn moto_unknown_cluster_is_rejected_and_starts_nothing() {
         .build()
         .await
         .unwrap();
-    let err = backend
-        .spawn(request("nocluster", "p", runners.prober(), BOOT))
+    let err = start(&backend, request("nocluster", "p", BOOT), &runners.transport)
         .await
         .unwrap_err();
     assert_eq!(EcsError::kind_of(&err), Some(EcsErrorKind::Rejected), "{err}");

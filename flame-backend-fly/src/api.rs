@@ -188,6 +188,10 @@ pub(crate) struct Machine {
     pub private_ip: Option<String>,
     #[serde(default)]
     pub config: Option<MachineConfigView>,
+    /// The machine's recent events (`[{type, status, source, timestamp, request}]`), read
+    /// loosely: their shape is not part of the backend's contract.
+    #[serde(default)]
+    pub events: Option<Value>,
 }
 
 /// The parts of a machine's `config` the backend reads.
@@ -205,6 +209,78 @@ impl Machine {
     pub fn metadata(&self, key: &str) -> Option<&str> {
         self.config.as_ref()?.metadata.as_ref()?.get(key)?.as_str()
     }
+
+    /// What Fly says about how the machine is: `fly machine <id> is `stopped`; last event
+    /// `exit` (status stopped, from flyd): exit code 3, OOM-killed`.
+    pub fn describe(&self) -> String {
+        let mut text = format!("fly machine {} is `{}`", self.id, self.state);
+        if let Some(event) = self.last_event() {
+            text.push_str("; last event ");
+            text.push_str(&describe_event(event));
+        }
+        text
+    }
+
+    /// The newest event (by timestamp; the first one when none has a timestamp).
+    fn last_event(&self) -> Option<&Value> {
+        let events = self.events.as_ref()?.as_array()?;
+        let stamp = |e: &Value| e.get("timestamp").and_then(Value::as_i64);
+        events
+            .iter()
+            .enumerate()
+            .max_by_key(|(i, e)| (stamp(e), std::cmp::Reverse(*i)))
+            .map(|(_, e)| e)
+    }
+}
+
+/// One machine event, for people: `` `exit` (status stopped, from flyd): exit code 3 ``.
+fn describe_event(event: &Value) -> String {
+    let text = |key: &str| event.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let mut out = format!("`{}`", text("type").unwrap_or("?"));
+    let mut about = Vec::new();
+    if let Some(status) = text("status") {
+        about.push(format!("status {status}"));
+    }
+    if let Some(source) = text("source") {
+        about.push(format!("from {source}"));
+    }
+    if !about.is_empty() {
+        out.push_str(&format!(" ({})", about.join(", ")));
+    }
+    let Some(exit) = event.get("request").and_then(|r| r.get("exit_event")) else {
+        return out;
+    };
+    let mut facts = Vec::new();
+    let number = |key: &str| exit.get(key).and_then(Value::as_i64);
+    let flag = |key: &str| exit.get(key).and_then(Value::as_bool) == Some(true);
+    let words = |key: &str| exit.get(key).and_then(Value::as_str).filter(|s| !s.is_empty());
+    if let Some(code) = number("exit_code") {
+        facts.push(format!("exit code {code}"));
+    }
+    if let Some(code) = number("guest_exit_code").filter(|c| *c != 0) {
+        facts.push(format!("guest exit code {code}"));
+    }
+    for key in ["signal", "guest_signal"] {
+        if let Some(signal) = number(key).filter(|s| *s > 0) {
+            facts.push(format!("{} {signal}", key.replace('_', " ")));
+        }
+    }
+    if flag("oom_killed") {
+        facts.push("OOM-killed".into());
+    }
+    if flag("requested_stop") {
+        facts.push("a stop was requested".into());
+    }
+    for key in ["error", "guest_error"] {
+        if let Some(error) = words(key) {
+            facts.push(format!("{}: {error}", key.replace('_', " ")));
+        }
+    }
+    if !facts.is_empty() {
+        out.push_str(": ");
+        out.push_str(&facts.join(", "));
+    }
+    out
 }
 
 #[derive(Deserialize)]
@@ -773,6 +849,37 @@ mod tests {
         assert!(!MachineState::parse("starting").is_dead());
         assert!(!MachineState::parse("created").is_dead());
         assert_eq!(MachineState::parse("weird"), MachineState::Other("weird".into()));
+    }
+
+    #[test]
+    fn machines_describe_their_state_and_newest_event() {
+        let machine: Machine = serde_json::from_value(serde_json::json!({
+            "id": "m1",
+            "state": "stopped",
+            "events": [
+                { "type": "start", "status": "started", "source": "flyd", "timestamp": 10 },
+                { "type": "exit", "status": "stopped", "source": "flyd", "timestamp": 20,
+                  "request": { "exit_event": { "exit_code": 3, "oom_killed": true, "guest_signal": 0 } } },
+                { "type": "launch", "status": "created", "source": "user", "timestamp": 5 },
+            ],
+        }))
+        .unwrap();
+        assert_eq!(
+            machine.describe(),
+            "fly machine m1 is `stopped`; last event `exit` (status stopped, from flyd): exit code 3, OOM-killed"
+        );
+        // No events, or events of an unexpected shape: the state alone.
+        for events in [
+            serde_json::json!(null),
+            serde_json::json!("odd"),
+            serde_json::json!([]),
+        ] {
+            let m: Machine = serde_json::from_value(
+                serde_json::json!({ "id": "m2", "state": "failed", "events": events }),
+            )
+            .unwrap();
+            assert_eq!(m.describe(), "fly machine m2 is `failed`");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -34,11 +34,13 @@ pub mod metadata {
 /// Runs each runner as a Fly Machine created through the Machines API.
 ///
 /// `spawn` creates the machine (`auto_destroy: true`, restart policy `no`, the `flame_*`
-/// metadata, only the runner variables and what the user forwards in its environment), waits
-/// until Fly reports it `started`, then pings the runner on the machine's private 6PN address
-/// until it answers. Whatever fails after the machine exists destroys it (`force=true`) before
-/// the typed error is returned, and a spawn that is dropped half-way destroys it in the
-/// background. `terminate` stops (SIGTERM, then waits up to `stop_timeout` for the drain) and
+/// metadata, only the runner variables and what the user forwards in its environment) and
+/// returns once Fly reports it `started`, with the runner's endpoint at the machine's private
+/// 6PN address: core's readiness probe pings it from there. Whatever fails after the machine
+/// exists destroys it (`force=true`) before the typed error is returned, and a spawn that is
+/// dropped half-way destroys it in the background. `status` is `Stopped` as soon as Fly
+/// reports the machine stopping, stopped, failed or gone, and `exit_details` gives its state
+/// and its last event (with the exit code, signal and OOM kill of an exit event). `terminate` stops (SIGTERM, then waits up to `stop_timeout` for the drain) and
 /// destroys; it is idempotent. `reap` ends only provably orphaned machines of this app
 /// ([`flame_core::backend::reap`]), never a runner of another live parent (replicas, rolling
 /// deploys): it destroys machines that are stopped (or failed), and stops and destroys those
@@ -157,11 +159,14 @@ impl SpawnGuard {
         self.armed = false;
     }
 
+    /// Destroys the machine now; the guard stays armed until that is done, so a spawn
+    /// dropped during the destroy (core's readiness deadline) still destroys it.
     async fn destroy_now(&mut self) {
-        self.armed = false;
-        if let Some(id) = self.machine.take() {
+        if let Some(id) = self.machine.clone() {
             self.inner.destroy_quietly(&id).await;
         }
+        self.machine = None;
+        self.armed = false;
     }
 }
 
@@ -397,34 +402,8 @@ impl Inner {
                     true,
                 )
             })?;
+        // Placed: core's readiness probe pings the runner from here on.
         let endpoint = Endpoint::new(url, req.runner_id.clone()).with_secret(req.secret.clone());
-        // 3. The runner answers ping.
-        let mut delay = Duration::from_millis(50);
-        let mut last_check = Instant::now();
-        let mut last_error = String::from("no ping answered yet");
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(spawn_timeout(format!(
-                    "runner on fly machine {id} did not answer ping at {} within {boot:?} ({last_error})",
-                    endpoint.url
-                )));
-            }
-            match tokio::time::timeout(left.min(Duration::from_secs(5)), req.prober.ping(&endpoint)).await {
-                Ok(Ok(status)) if status.ok && !status.draining => break,
-                Ok(Ok(_)) => last_error = "runner answered but is not ready".into(),
-                Ok(Err(e)) => last_error = e.to_string(),
-                Err(_) => last_error = "ping timed out".into(),
-            }
-            if last_check.elapsed() >= Duration::from_secs(2) {
-                self.check_alive(&id, "before its runner answered", deadline)
-                    .await?;
-                last_check = Instant::now();
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            tokio::time::sleep(delay.min(left)).await;
-            delay = (delay * 2).min(Duration::from_secs(1));
-        }
         if let (Some(instance), Ok(mut map)) = (machine.instance_id, self.instances.lock()) {
             map.insert(id.clone(), instance);
         }
@@ -450,6 +429,16 @@ fn create_outcome_unknown(e: &Error) -> bool {
     !(attempts <= 1 && (400..500).contains(&status))
 }
 
+/// When a spawn stops waiting for the engine to place its runner: a little before the boot
+/// deadline — a fifth of the boot timeout, between 200 ms and 3 s — so that its own typed
+/// error (with what the engine said) and the clean-up of what it started come back before
+/// core's readiness routine cuts the spawn off at the deadline. (A spawn cut off anyway still
+/// cleans up, from its drop guard.)
+fn placement_deadline(boot_timeout: Duration) -> Instant {
+    let margin = (boot_timeout / 5).clamp(Duration::from_millis(200), Duration::from_secs(3));
+    Instant::now() + boot_timeout.saturating_sub(margin)
+}
+
 #[async_trait]
 impl Backend for FlyBackend {
     fn name(&self) -> &str {
@@ -458,7 +447,7 @@ impl Backend for FlyBackend {
 
     async fn spawn(&self, request: SpawnRequest) -> Result<RunnerHandle> {
         let inner = &self.inner;
-        let deadline = Instant::now() + request.boot_timeout;
+        let deadline = placement_deadline(request.boot_timeout);
         let body = inner.create_body(&request)?;
         let mut guard = SpawnGuard {
             inner: inner.clone(),
@@ -495,6 +484,18 @@ impl Backend for FlyBackend {
             Err(e) => {
                 guard.destroy_now().await;
                 Err(e)
+            }
+        }
+    }
+
+    async fn exit_details(&self, handle: &RunnerHandle) -> Option<String> {
+        let id = handle.backend_id.as_str();
+        match self.inner.client.get(id).await {
+            Ok(Some(machine)) => Some(machine.describe()),
+            Ok(None) => Some(format!("fly machine {id} is destroyed")),
+            Err(e) => {
+                tracing::debug!(machine = id, error = %e, "fly: could not read a stopped machine");
+                None
             }
         }
     }
@@ -637,7 +638,6 @@ fn reap_state(state: &MachineState) -> Option<RunnerState> {
 mod tests {
     use super::*;
     use flame_core::backend::labels;
-    use flame_core::InMemoryTransport;
 
     fn request(pool: &str, runner: &str) -> SpawnRequest {
         SpawnRequest {
@@ -649,7 +649,6 @@ mod tests {
             labels: BTreeMap::new(),
             boot_timeout: Duration::from_secs(1),
             secret: None,
-            prober: Arc::new(InMemoryTransport::new()),
         }
     }
 

@@ -8,9 +8,12 @@
 //! metadata (`flame_app`, `flame_pool`, `flame_parent`, `flame_runner`) for `reap` (which
 //! ends only provably orphaned machines: stopped, or whose runner says — unauthenticated, no
 //! secret — that its parent has been silent past the failsafe window, or does not answer for
-//! that window plus the boot timeout; never another live parent's). Then it
-//! waits for `started` and pings the runner on the machine's private IPv6 until it answers;
-//! a machine that fails to come up is destroyed before the error is returned.
+//! that window plus the boot timeout; never another live parent's). `spawn` then waits for
+//! `started` and returns the runner's endpoint on the machine's private IPv6; core's one
+//! readiness probe (`flame_core::backend::readiness::start_runner`, which pools use) pings it
+//! until it answers, fails the start at once — with the machine's state and last event
+//! (`exit_details`) — when Fly says the machine stopped, and ends it otherwise. A machine that
+//! fails to come up is destroyed before the error is returned.
 //!
 //! Settings come from the variables every Fly machine sees (`FLY_APP_NAME`, `FLY_IMAGE_REF`,
 //! `FLY_REGION`, `FLY_MACHINE_ID`) plus the `FLY_API_TOKEN` secret; see [`FlyConfig`].

@@ -21,8 +21,8 @@ async fn fly_backend_passes_the_conformance_suite() {
     let fake = FakeFly::start_http().await;
     let backend: Arc<dyn Backend> = Arc::new(fake.backend(fake.config()));
     let state = fake.state.clone();
-    let subject = Subject::new(backend, Arc::new(HttpTransport::new()), |parent: &str, prober| {
-        conformance::default_request(APP, parent, prober)
+    let subject = Subject::new(backend, Arc::new(HttpTransport::new()), |parent: &str| {
+        conformance::default_request(APP, parent)
     })
     .boot_timeout(Duration::from_secs(10))
     .leftovers(move |req| {
@@ -44,7 +44,7 @@ async fn fly_backend_passes_the_conformance_suite() {
 #[tokio::test]
 async fn engine_errors_are_typed() {
     let fake = FakeFly::start_http().await;
-    let prober = Arc::new(HttpTransport::new());
+    let prober = HttpTransport::new();
     // Nothing listens: connection refused, retried, then a typed BACKEND error.
     let refused = FlyBackend::new(
         FlyConfig::new(APP, IMAGE, TOKEN)
@@ -55,9 +55,9 @@ async fn engine_errors_are_typed() {
             }),
     )
     .unwrap();
-    let mut request = conformance::default_request(APP, "p", prober.clone());
+    let mut request = conformance::default_request(APP, "p");
     request.boot_timeout = Duration::from_secs(5);
-    conformance::engine_errors_are_typed(&refused, request).await;
+    conformance::engine_errors_are_typed(&refused, request, &prober).await;
 
     // A token Fly rejects.
     Mock::given(method("POST"))
@@ -67,8 +67,8 @@ async fn engine_errors_are_typed() {
         .mount(&fake.server)
         .await;
     let backend = fake.backend(fake.config());
-    let mut request = conformance::default_request(APP, "p", prober);
+    let mut request = conformance::default_request(APP, "p");
     request.boot_timeout = Duration::from_secs(5);
-    conformance::engine_errors_are_typed(&backend, request).await;
+    conformance::engine_errors_are_typed(&backend, request, &prober).await;
     assert!(fake.machine_ids().is_empty());
 }

@@ -21,10 +21,9 @@ async fn conformance_over_http_spawn_ping_invoke_terminate_reap() {
     let fake = FakeFly::start_http().await;
     let backend = fake.backend(fake.config());
     let http = Arc::new(HttpTransport::new());
-    let mut request = spawn_request(&fake, "r1", "parent-1", BOOT);
-    request.prober = http.clone();
+    let request = spawn_request("r1", "parent-1", BOOT);
 
-    let handle = backend.spawn(request).await.unwrap();
+    let handle = start(&backend, request, &*http).await.unwrap();
     assert!(
         handle.endpoint.url.starts_with("http://127.0.0.1:"),
         "{}",
@@ -43,6 +42,7 @@ async fn conformance_over_http_spawn_ping_invoke_terminate_reap() {
         idempotency_key: None,
         trace: Default::default(),
         attempt: 1,
+        cast: false,
     };
     let text = http.invoke(&handle.endpoint, &inv).await.unwrap();
     assert_eq!(
@@ -61,18 +61,12 @@ async fn conformance_over_http_spawn_ping_invoke_terminate_reap() {
     );
 
     // A leftover of a crashed parent is reaped; the live parent's runner is kept.
-    let leftover = backend.spawn({
-        let mut r = spawn_request(&fake, "old", "crashed-parent", BOOT);
-        r.prober = http.clone();
-        r
-    });
-    let leftover = leftover.await.unwrap();
-    let live = backend.spawn({
-        let mut r = spawn_request(&fake, "new", "parent-1", BOOT);
-        r.prober = http.clone();
-        r
-    });
-    let live = live.await.unwrap();
+    let leftover = start(&backend, spawn_request("old", "crashed-parent", BOOT), &*http)
+        .await
+        .unwrap();
+    let live = start(&backend, spawn_request("new", "parent-1", BOOT), &*http)
+        .await
+        .unwrap();
     // The crashed parent says nothing more; its silence passes the window.
     let window = Duration::from_secs(1);
     tokio::time::sleep(window + Duration::from_millis(500)).await;

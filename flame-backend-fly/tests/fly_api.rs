@@ -32,6 +32,7 @@ async fn invoke_add(transport: &impl Transport, endpoint: &Endpoint, a: i64, b: 
         idempotency_key: None,
         trace: Default::default(),
         attempt: 1,
+        cast: false,
     };
     let text = transport.invoke(endpoint, &inv).await.unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();
@@ -87,8 +88,7 @@ async fn create_body_matches_the_documented_api_field_by_field() {
         .env("DATABASE_URL", "postgres://db.internal/app")
         .metadata("team", "media");
     let backend = fake.backend(config);
-    let handle = backend
-        .spawn(spawn_request(&fake, "r1", "parent-1", BOOT))
+    let handle = start(&backend, spawn_request("r1", "parent-1", BOOT), &fake.runners())
         .await
         .unwrap();
 
@@ -158,8 +158,7 @@ async fn gpu_guest_and_defaults() {
         .memory_mb(32768)
         .gpu("a100-pcie-40gb", 1);
     let backend = fake.backend(config);
-    backend
-        .spawn(spawn_request(&fake, "g1", "parent-1", BOOT))
+    start(&backend, spawn_request("g1", "parent-1", BOOT), &fake.runners())
         .await
         .unwrap();
     assert!(fake.unmatched().is_empty(), "{:?}", fake.unmatched());
@@ -171,8 +170,7 @@ async fn conformance_flow_spawn_ping_invoke_status_terminate_idempotent() {
     let fake = FakeFly::start().await;
     let backend = fake.backend(fake.config());
     let transport = fake.runners();
-    let handle = backend
-        .spawn(spawn_request(&fake, "r1", "parent-1", BOOT))
+    let handle = start(&backend, spawn_request("r1", "parent-1", BOOT), &fake.runners())
         .await
         .unwrap();
 
@@ -303,8 +301,7 @@ async fn wait_408_is_retried_until_started() {
     let fake = FakeFly::start().await;
     fake.set_boot(Boot::TimeoutsThenStart(3));
     let backend = fake.backend(fake.config());
-    let handle = backend
-        .spawn(spawn_request(&fake, "r1", "p", BOOT))
+    let handle = start(&backend, spawn_request("r1", "p", BOOT), &fake.runners())
         .await
         .unwrap();
     assert_eq!(fake.requests_matching("GET", "/wait").await.len(), 4);
@@ -317,8 +314,7 @@ async fn machine_failed_during_boot_is_destroyed_with_a_typed_error() {
     let fake = FakeFly::start().await;
     fake.set_boot(Boot::GoesTo("failed"));
     let backend = fake.backend(fake.config());
-    let err = backend
-        .spawn(spawn_request(&fake, "r1", "p", BOOT))
+    let err = start(&backend, spawn_request("r1", "p", BOOT), &fake.runners())
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Backend);
@@ -338,8 +334,7 @@ async fn machine_destroyed_during_boot_is_a_typed_error() {
     let fake = FakeFly::start().await;
     fake.set_boot(Boot::Destroyed);
     let backend = fake.backend(fake.config());
-    let err = backend
-        .spawn(spawn_request(&fake, "r1", "p", BOOT))
+    let err = start(&backend, spawn_request("r1", "p", BOOT), &fake.runners())
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Backend);
@@ -355,17 +350,23 @@ async fn boot_that_never_starts_is_a_spawn_timeout_and_leaves_nothing() {
     fake.set_boot(Boot::Never);
     let backend = fake.backend(fake.config());
     let started = Instant::now();
-    let err = backend
-        .spawn(spawn_request(&fake, "r1", "p", Duration::from_millis(1500)))
-        .await
-        .unwrap_err();
+    let err = start(
+        &backend,
+        spawn_request("r1", "p", Duration::from_millis(1500)),
+        &fake.runners(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), ErrorCode::SpawnTimeout);
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
-    assert!(fake.machine_ids().is_empty(), "machine must be destroyed");
+    assert!(
+        fake.wait_no_machines(Duration::from_secs(5)).await,
+        "machine must be destroyed"
+    );
     assert!(fake.unmatched().is_empty(), "{:?}", fake.unmatched());
 }
 
@@ -374,12 +375,16 @@ async fn runner_that_never_answers_ping_is_a_spawn_timeout_and_is_destroyed() {
     let fake = FakeFly::start().await;
     fake.set_runner_answers(false);
     let backend = fake.backend(fake.config());
-    let err = backend
-        .spawn(spawn_request(&fake, "r1", "p", Duration::from_millis(1500)))
-        .await
-        .unwrap_err();
+    let err = start(
+        &backend,
+        spawn_request("r1", "p", Duration::from_millis(1500)),
+        &fake.runners(),
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), ErrorCode::SpawnTimeout);
-    assert!(err.message().contains("did not answer ping"), "{err}");
+    assert!(err.message().contains("did not answer a health ping"), "{err}");
+    // The readiness probe ended it: stopped, then destroyed.
     assert!(fake.machine_ids().is_empty(), "machine must be destroyed");
     let deletes = fake.requests_matching("DELETE", "").await;
     assert_eq!(deletes.len(), 1);
@@ -402,8 +407,7 @@ async fn rate_limit_429_honours_retry_after() {
         .await;
     let backend = fake.backend(fake.config());
     let started = Instant::now();
-    backend
-        .spawn(spawn_request(&fake, "r1", "p", BOOT))
+    start(&backend, spawn_request("r1", "p", BOOT), &fake.runners())
         .await
         .unwrap();
     let took = started.elapsed();
@@ -425,8 +429,7 @@ async fn rate_limit_429_honours_retry_after() {
         .with_priority(1)
         .mount(&fake.server)
         .await;
-    let err = backend
-        .spawn(spawn_request(&fake, "r2", "p", BOOT))
+    let err = start(&backend, spawn_request("r2", "p", BOOT), &fake.runners())
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Backend);
@@ -448,8 +451,7 @@ async fn server_errors_are_retried_with_backoff_until_give_up() {
         .mount(&fake.server)
         .await;
     let backend = fake.backend(fake.config());
-    let err = backend
-        .spawn(spawn_request(&fake, "r1", "p", BOOT))
+    let err = start(&backend, spawn_request("r1", "p", BOOT), &fake.runners())
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Backend);
@@ -483,8 +485,7 @@ async fn a_5xx_then_success_is_retried() {
         .mount(&fake.server)
         .await;
     let backend = fake.backend(fake.config());
-    backend
-        .spawn(spawn_request(&fake, "r1", "p", BOOT))
+    start(&backend, spawn_request("r1", "p", BOOT), &fake.runners())
         .await
         .unwrap();
     assert_eq!(fake.requests_matching("POST", &machines()).await.len(), 3);
@@ -504,8 +505,7 @@ async fn machine_limit_422_is_a_typed_error_and_not_retried() {
         .mount(&fake.server)
         .await;
     let backend = fake.backend(fake.config());
-    let err = backend
-        .spawn(spawn_request(&fake, "r1", "p", BOOT))
+    let err = start(&backend, spawn_request("r1", "p", BOOT), &fake.runners())
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Backend);
@@ -536,8 +536,7 @@ async fn conflicts_409_and_412_are_not_retried_blindly() {
             .mount(&fake.server)
             .await;
         let backend = fake.backend(fake.config());
-        let err = backend
-            .spawn(spawn_request(&fake, "r1", "p", BOOT))
+        let err = start(&backend, spawn_request("r1", "p", BOOT), &fake.runners())
             .await
             .unwrap_err();
         assert_eq!(err.code(), ErrorCode::Backend);
@@ -572,8 +571,7 @@ async fn malformed_json_is_a_typed_error() {
         .mount(&fake.server)
         .await;
     let backend = fake.backend(fake.config());
-    let err = backend
-        .spawn(spawn_request(&fake, "r1", "p", BOOT))
+    let err = start(&backend, spawn_request("r1", "p", BOOT), &fake.runners())
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Backend);
@@ -591,8 +589,7 @@ async fn malformed_json_is_a_typed_error() {
         .mount(&fake.server)
         .await;
     let backend = fake.backend(fake.config());
-    let err = backend
-        .spawn(spawn_request(&fake, "r1", "p", BOOT))
+    let err = start(&backend, spawn_request("r1", "p", BOOT), &fake.runners())
         .await
         .unwrap_err();
     assert_eq!(fly_details(&err).0, 400);
@@ -671,14 +668,12 @@ async fn the_token_never_appears_in_errors_logs_or_debug() {
     let backend = fake.backend(fake.config());
     let mut errors = Vec::new();
     errors.push(
-        backend
-            .spawn(spawn_request(&fake, "r1", "p", BOOT))
+        start(&backend, spawn_request("r1", "p", BOOT), &fake.runners())
             .await
             .unwrap_err(),
     ); // 401
     errors.push(
-        backend
-            .spawn(spawn_request(&fake, "r2", "p", BOOT))
+        start(&backend, spawn_request("r2", "p", BOOT), &fake.runners())
             .await
             .unwrap_err(),
     ); // 502 ×4
@@ -698,7 +693,7 @@ async fn the_token_never_appears_in_errors_logs_or_debug() {
         });
     let dead = flame_backend_fly::FlyBackend::new(dead).unwrap();
     errors.push(
-        dead.spawn(spawn_request(&fake, "r3", "p", BOOT))
+        start(&dead, spawn_request("r3", "p", BOOT), &fake.runners())
             .await
             .unwrap_err(),
     );
@@ -758,7 +753,7 @@ async fn a_spawn_dropped_half_way_destroys_its_machine() {
     // The caller gives up while the machine boots (its deadline passed, or it was cancelled).
     let gave_up = tokio::time::timeout(
         Duration::from_millis(300),
-        backend.spawn(spawn_request(&fake, "r1", "p", Duration::from_secs(30))),
+        backend.spawn(spawn_request("r1", "p", Duration::from_secs(30))),
     )
     .await;
     assert!(gave_up.is_err());
@@ -774,6 +769,10 @@ async fn a_spawn_dropped_half_way_destroys_its_machine() {
     assert!(fake.unmatched().is_empty(), "{:?}", fake.unmatched());
 }
 
+/// A machine that Fly started, but whose runner crashes at once (restart policy `no`: Fly
+/// stops it and records an exit event): core's readiness probe hears from Fly that it stopped
+/// and fails the start at once — long before the boot timeout — with the machine's state and
+/// its exit event (`exit_details`); the machine is destroyed.
 #[tokio::test]
 async fn a_machine_that_dies_before_its_runner_answers_fails_fast() {
     let fake = FakeFly::start().await;
@@ -787,25 +786,41 @@ async fn a_machine_that_dies_before_its_runner_answers_fails_fast() {
                 let mut st = state.lock().unwrap();
                 if let Some(m) = st.machines.values_mut().find(|m| m["state"] == "started") {
                     m["state"] = json!("stopped");
+                    m["events"].as_array_mut().unwrap().insert(
+                        0,
+                        json!({
+                            "type": "exit", "status": "stopped", "source": "flyd",
+                            "timestamp": 1_700_000_005_000u64,
+                            "request": { "exit_event": {
+                                "exit_code": 3, "guest_exit_code": 3, "oom_killed": false,
+                                "requested_stop": false, "restarting": false,
+                            } },
+                        }),
+                    );
                     return;
                 }
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
+    let boot = Duration::from_secs(60);
     let started = Instant::now();
-    let err = backend
-        .spawn(spawn_request(&fake, "r1", "p", Duration::from_secs(20)))
+    let err = start(&backend, spawn_request("r1", "p", boot), &fake.runners())
         .await
         .unwrap_err();
     crash.await.unwrap();
     assert_eq!(err.code(), ErrorCode::Backend, "{err}");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.message().contains("exited before it was ready"), "{err}");
     assert!(err.message().contains("`stopped`"), "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(6),
-        "not fast: {:?}",
-        started.elapsed()
-    );
+    assert!(err.message().contains("`exit`"), "no last event: {err}");
+    assert!(err.message().contains("exit code 3"), "no exit code: {err}");
+    assert!(started.elapsed() < boot / 4, "not fast: {:?}", started.elapsed());
     assert!(fake.machine_ids().is_empty(), "machine must be destroyed");
     assert_no_token(&err);
+    assert!(!err.to_string().contains("runner-secret-1"), "{err}");
+    eprintln!(
+        "a machine that died after starting failed its start in {:?}: {err}",
+        started.elapsed()
+    );
 }

@@ -2,7 +2,9 @@
 
 use crate::config::{K8sConfig, RetryPolicy};
 use crate::error::{classify, classify_watch, K8sError, K8sErrorKind};
-use crate::pod::{assess, build_pod, flame_value, label_value, runner_port, Boot, ParentTemplate};
+use crate::pod::{
+    assess, build_pod, container_ended, describe, flame_value, label_value, runner_port, Boot, ParentTemplate,
+};
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use flame_core::backend::{labels, ReapCandidate, ReapReason};
@@ -18,7 +20,7 @@ use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::time::{sleep_until, timeout_at, Instant};
+use tokio::time::{timeout_at, Instant};
 
 /// How long a clean-up delete may take (after a failed spawn, or from a drop guard).
 const CLEANUP_BUDGET: Duration = Duration::from_secs(20);
@@ -28,10 +30,12 @@ const CLEANUP_BUDGET: Duration = Duration::from_secs(20);
 /// `spawn` creates the Pod (from the parent Pod's own spec, or the configured image; an
 /// ownerReference to the parent Pod, `restartPolicy: Never`, `activeDeadlineSeconds`, the
 /// `flame.*` labels), watches it (a `kube::runtime` watcher, no polling) until it runs with a
-/// Pod IP, then pings the runner there until it answers. A Pod that fails
-/// (`ImagePullBackOff`, `OOMKilled`, evicted, still `Unschedulable` at `boot_timeout`) is
-/// deleted and the typed error carries the Pod's reason and message; so is a Pod whose spawn
-/// is dropped half-way. `terminate` deletes the Pod with a grace period (idempotent: a Pod
+/// Pod IP, and returns the runner's endpoint there: core's readiness probe pings it from
+/// there. A Pod that fails first (`ImagePullBackOff`, `OOMKilled`, evicted, still
+/// `Unschedulable` at `boot_timeout`) is deleted and the typed error carries the Pod's reason
+/// and message; so is a Pod whose spawn is dropped half-way. `status` is `Stopped` as soon as
+/// the Pod's phase is `Failed`/`Succeeded` or its container ended, and `exit_details` gives
+/// the Pod's reason and message and its container's termination (reason, exit code). `terminate` deletes the Pod with a grace period (idempotent: a Pod
 /// that is gone is `Ok`). `reap` lists the app's Pods by label and deletes only those the
 /// core reap rule proves orphaned ([`ReapScope::select`]).
 ///
@@ -357,8 +361,8 @@ impl Inner {
             .or_else(|| default_url(address))
     }
 
-    /// Watches the Pod until it runs with an IP, then pings its runner until healthy; fails
-    /// as soon as the Pod does.
+    /// Watches the Pod until it runs with an IP and returns where its runner listens; fails
+    /// as soon as the Pod does. (Readiness is core's probe, from there on.)
     async fn boot(&self, req: &SpawnRequest, name: &str, deadline: Instant) -> Result<RunnerHandle> {
         let boot = req.boot_timeout;
         // After a watch error the watcher resumes from the last resourceVersion (or lists
@@ -400,47 +404,11 @@ impl Inner {
                 .with_pod(name),
             )
         })?;
-        let endpoint = Endpoint::new(url, req.runner_id.clone()).with_secret(req.secret.clone());
-        // 3. The runner answers ping; the Pod keeps being watched meanwhile.
-        let mut delay = Duration::from_millis(50);
-        let mut next_ping = Instant::now();
-        let mut last_ping = String::from("no ping answered yet");
-        loop {
-            tokio::select! {
-                biased;
-                event = events.next() => {
-                    self.pod_event(&op, name, event, &mut last)?;
-                }
-                _ = sleep_until(next_ping) => {
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    match tokio::time::timeout(left.min(Duration::from_secs(5)), req.prober.ping(&endpoint)).await {
-                        Ok(Ok(status)) if status.ok && !status.draining => {
-                            return Ok(RunnerHandle {
-                                runner_id: req.runner_id.clone(),
-                                backend_id: name.to_owned(),
-                                endpoint,
-                            });
-                        }
-                        Ok(Ok(_)) => last_ping = "the runner answered but is not ready".into(),
-                        Ok(Err(e)) => last_ping = e.to_string(),
-                        Err(_) => last_ping = "ping timed out".into(),
-                    }
-                    next_ping = Instant::now() + delay;
-                    delay = (delay * 2).min(Duration::from_secs(1));
-                }
-                _ = sleep_until(deadline) => {
-                    return Err(K8sError::new(
-                        K8sErrorKind::BootTimeout,
-                        format!(
-                            "runner Pod {name} runs at {ip} but its runner did not answer ping at {} within {boot:?} ({last_ping})",
-                            endpoint.url
-                        ),
-                    )
-                    .with_pod(name)
-                    .into());
-                }
-            }
-        }
+        Ok(RunnerHandle {
+            runner_id: req.runner_id.clone(),
+            backend_id: name.to_owned(),
+            endpoint: Endpoint::new(url, req.runner_id.clone()).with_secret(req.secret.clone()),
+        })
     }
 
     /// One event of the Pod's watch: `Some(ip)` once it runs with an IP, `None` to keep
@@ -471,7 +439,7 @@ impl Inner {
             }
             Some(Ok(None)) => Err(K8sError::new(
                 K8sErrorKind::PodFailed,
-                format!("runner Pod {name} was deleted before its runner answered"),
+                format!("runner Pod {name} was deleted before it was running"),
             )
             .with_reason("Deleted")
             .with_pod(name)
@@ -487,7 +455,7 @@ impl Inner {
                 }
                 Boot::Failed(kind, reason, message) => Err(K8sError::new(
                     kind,
-                    format!("runner Pod {name} failed before its runner answered: {reason}: {message}"),
+                    format!("runner Pod {name} failed before it was running: {reason}: {message}"),
                 )
                 .with_reason(reason)
                 .with_pod(name)
@@ -593,6 +561,9 @@ fn pod_state(pod: &Pod) -> RunnerState {
         .unwrap_or("Pending");
     match phase {
         "Succeeded" | "Failed" => RunnerState::Stopped,
+        // Its container ended (`restartPolicy: Never`): the runner is gone before the kubelet
+        // moves the phase on.
+        _ if container_ended(pod) => RunnerState::Stopped,
         // Running (a Pod being deleted is draining: still Running until it is gone), or
         // Unknown (its node is unreachable: it may well run).
         "Running" | "Unknown" => RunnerState::Running,
@@ -630,6 +601,16 @@ impl Drop for DeleteGuard {
     }
 }
 
+/// When a spawn stops waiting for the engine to place its runner: a little before the boot
+/// deadline — a fifth of the boot timeout, between 200 ms and 3 s — so that its own typed
+/// error (with what the engine said) and the clean-up of what it started come back before
+/// core's readiness routine cuts the spawn off at the deadline. (A spawn cut off anyway still
+/// cleans up, from its drop guard.)
+fn placement_deadline(boot_timeout: Duration) -> Instant {
+    let margin = (boot_timeout / 5).clamp(Duration::from_millis(200), Duration::from_secs(3));
+    Instant::now() + boot_timeout.saturating_sub(margin)
+}
+
 #[async_trait]
 impl Backend for K8sBackend {
     fn name(&self) -> &str {
@@ -637,7 +618,7 @@ impl Backend for K8sBackend {
     }
 
     async fn spawn(&self, request: SpawnRequest) -> Result<RunnerHandle> {
-        let deadline = Instant::now() + request.boot_timeout;
+        let deadline = placement_deadline(request.boot_timeout);
         let started = std::time::Instant::now();
         let result = self.inner.spawn(&request, deadline).await;
         match &result {
@@ -646,11 +627,27 @@ impl Backend for K8sBackend {
                 pod = %handle.backend_id,
                 url = %handle.endpoint.url,
                 boot_ms = started.elapsed().as_millis() as u64,
-                "k8s: runner up"
+                "k8s: runner placed"
             ),
             Err(e) => tracing::warn!(runner = %request.runner_id, error = %e, "k8s: spawn failed"),
         }
         result
+    }
+
+    async fn exit_details(&self, handle: &RunnerHandle) -> Option<String> {
+        let inner = &self.inner;
+        let name = handle.backend_id.as_str();
+        match inner
+            .call(&format!("get pod {name}"), || inner.pods.get_opt(name))
+            .await
+        {
+            Ok(Some(pod)) => Some(describe(name, &pod)),
+            Ok(None) => Some(format!("Pod {name} is gone (deleted)")),
+            Err(e) => {
+                tracing::debug!(pod = name, error = %e, "k8s: could not read a stopped runner Pod");
+                None
+            }
+        }
     }
 
     async fn terminate(&self, handle: &RunnerHandle) -> Result<()> {
@@ -813,6 +810,13 @@ mod tests {
         assert_eq!(pod_state(&pod("Running", true)), RunnerState::Running);
         assert_eq!(pod_state(&pod("Succeeded", false)), RunnerState::Stopped);
         assert_eq!(pod_state(&pod("Failed", false)), RunnerState::Stopped);
+        // Its container ended while the phase still says Running: the runner is gone.
+        let ended: Pod = serde_json::from_value(serde_json::json!({ "metadata": { "name": "p" },
+            "status": { "phase": "Running", "containerStatuses": [{ "name": "runner", "ready": false,
+                "restartCount": 0, "image": "i", "imageID": "",
+                "state": { "terminated": { "reason": "Error", "exitCode": 1 } } }] } }))
+        .unwrap();
+        assert_eq!(pod_state(&ended), RunnerState::Stopped);
     }
 
     #[test]

@@ -40,15 +40,18 @@ pub enum K8sErrorKind {
     /// `CreateContainerError`, `RunContainerError`): a missing Secret or ConfigMap, a bad
     /// command. Not retryable.
     ContainerConfig,
-    /// The Pod failed, exited or was deleted or evicted before its runner answered
+    /// The Pod failed, exited or was deleted or evicted before it was running with a Pod IP
     /// (`OOMKilled`, `Error`, `Evicted`, `DeadlineExceeded`, ...). Retryable: another Pod may
-    /// fare better; the pool's breaker stops a crash loop.
+    /// fare better; the pool's breaker stops a crash loop. (One that fails later, before its
+    /// runner answers, fails core's readiness probe with a `BACKEND` error carrying
+    /// [`Backend::exit_details`](flame_core::Backend::exit_details).)
     PodFailed,
     /// The Pod was still unschedulable at `boot_timeout` (the scheduler's message says why,
     /// e.g. `Insufficient nvidia.com/gpu`). Code `SPAWN_TIMEOUT`, retryable.
     Unschedulable,
-    /// The Pod did not become a healthy runner within `boot_timeout`. Code `SPAWN_TIMEOUT`,
-    /// retryable.
+    /// The Pod was not running with a Pod IP within `boot_timeout` (still `ContainerCreating`,
+    /// say). Code `SPAWN_TIMEOUT`, retryable. (A runner that runs but never answers its health
+    /// ping is core's readiness probe's `SPAWN_TIMEOUT`.)
     BootTimeout,
     /// The backend's settings are incomplete or invalid, or no cluster could be found.
     Config,

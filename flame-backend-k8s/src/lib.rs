@@ -17,10 +17,14 @@
 //!   `flame.app`, `flame.pool`, `flame.parent`, `flame.runner` (label-safe values; the exact
 //!   ones are annotations of the same keys) let `reap` find runners, and it deletes only
 //!   runners the core reap rule proves orphaned — never a live parent's.
-//! - **Boot** watches the Pod with a `kube::runtime` watcher until it runs with a Pod IP, then
-//!   pings the runner until healthy; a Pod that fails (`ImagePullBackOff`, `OOMKilled`,
-//!   evicted, still `Unschedulable` at `boot_timeout`) is deleted and the error carries its
-//!   reason and message ([`K8sError`]).
+//! - **Boot** watches the Pod with a `kube::runtime` watcher until it runs with a Pod IP;
+//!   that is where `spawn` returns, and core's one readiness probe
+//!   (`flame_core::backend::readiness::start_runner`, which pools use) pings the runner until
+//!   healthy. A Pod that fails before it runs (`ImagePullBackOff`, evicted, still
+//!   `Unschedulable` at `boot_timeout`) is deleted and the error carries its reason and
+//!   message ([`K8sError`]); one that fails after (`OOMKilled`, its container exits) fails the
+//!   probe at once, with the Pod's reason, message and container termination
+//!   (`exit_details`), and is deleted.
 //!
 //! **RBAC.** The parent's ServiceAccount needs a Role in the runners' namespace with
 //! `pods`: `create`, `get`, `list`, `watch`, `delete` (see the README for the YAML).

@@ -457,15 +457,74 @@ pub(crate) fn assess(pod: &Pod) -> Boot {
     }
 }
 
+/// Whether a container of the Pod has ended (with `restartPolicy: Never` it stays ended):
+/// its runner is gone even while the phase still says `Running`.
+pub(crate) fn container_ended(pod: &Pod) -> bool {
+    pod.status
+        .iter()
+        .flat_map(|s| s.container_statuses.iter().flatten())
+        .any(|c| c.state.as_ref().and_then(|s| s.terminated.as_ref()).is_some())
+}
+
+/// What a Pod's status says about how it ended (or where it stands), for people: `Pod x:
+/// phase Failed, reason Evicted: The node was low on resource: memory; container runner
+/// terminated: OOMKilled, exit code 137`.
+pub(crate) fn describe(name: &str, pod: &Pod) -> String {
+    let status = pod.status.clone().unwrap_or_default();
+    let mut text = format!(
+        "Pod {name}: phase {}",
+        status.phase.as_deref().unwrap_or("Pending")
+    );
+    if pod.metadata.deletion_timestamp.is_some() {
+        text.push_str(" (being deleted)");
+    }
+    match (status.reason.as_deref(), status.message.as_deref()) {
+        (Some(reason), Some(message)) if !message.is_empty() => {
+            text.push_str(&format!(", reason {reason}: {message}"))
+        }
+        (Some(reason), _) => text.push_str(&format!(", reason {reason}")),
+        (None, Some(message)) if !message.is_empty() => text.push_str(&format!(": {message}")),
+        _ => {}
+    }
+    for c in status.container_statuses.iter().flatten() {
+        let Some(state) = c.state.as_ref() else {
+            continue;
+        };
+        if let Some(t) = &state.terminated {
+            text.push_str(&format!(
+                "; container {} terminated: {}, exit code {}",
+                c.name,
+                t.reason.as_deref().unwrap_or("Terminated"),
+                t.exit_code
+            ));
+            if let Some(signal) = t.signal.filter(|s| *s != 0) {
+                text.push_str(&format!(", signal {signal}"));
+            }
+            if let Some(m) = t.message.as_deref().filter(|m| !m.is_empty()) {
+                text.push_str(&format!(" ({m})"));
+            }
+        } else if let Some(w) = &state.waiting {
+            text.push_str(&format!(
+                "; container {} waiting: {}",
+                c.name,
+                w.reason.as_deref().unwrap_or("Waiting")
+            ));
+            if let Some(m) = w.message.as_deref().filter(|m| !m.is_empty()) {
+                text.push_str(&format!(" ({m})"));
+            }
+        }
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use flame_core::{InMemoryTransport, Secret};
+    use flame_core::Secret;
     use k8s_openapi::api::core::v1::{
         ContainerState, ContainerStateTerminated, ContainerStateWaiting, ContainerStatus, PodCondition,
         PodStatus, VolumeMount,
     };
-    use std::sync::Arc;
     use std::time::Duration;
 
     fn request(pool: &str) -> SpawnRequest {
@@ -482,7 +541,6 @@ mod tests {
             labels: BTreeMap::new(),
             boot_timeout: Duration::from_secs(1),
             secret: Some(Secret::new("s3cret")),
-            prober: Arc::new(InMemoryTransport::new()),
         }
     }
 
@@ -662,5 +720,32 @@ mod tests {
         );
         assert!(matches!(assess(&evicted), Boot::Failed(K8sErrorKind::PodFailed, r, _) if r == "Evicted"));
         let _ = PodCondition::default();
+    }
+
+    #[test]
+    fn ended_pods_are_described() {
+        let oom = with_status(serde_json::json!({ "phase": "Running", "podIP": "10.0.0.1",
+            "containerStatuses": [{ "name": "runner", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                "state": { "terminated": { "reason": "OOMKilled", "exitCode": 137, "message": "out of memory" } } }] }));
+        assert!(container_ended(&oom));
+        assert_eq!(
+            describe("p1", &oom),
+            "Pod p1: phase Running; container runner terminated: OOMKilled, exit code 137 (out of memory)"
+        );
+        let evicted = with_status(
+            serde_json::json!({ "phase": "Failed", "reason": "Evicted", "message": "The node was low on resource: memory." }),
+        );
+        assert!(!container_ended(&evicted));
+        assert_eq!(
+            describe("p2", &evicted),
+            "Pod p2: phase Failed, reason Evicted: The node was low on resource: memory."
+        );
+        let pulling = with_status(serde_json::json!({ "phase": "Pending",
+            "containerStatuses": [{ "name": "runner", "ready": false, "restartCount": 0, "image": "i", "imageID": "",
+                "state": { "waiting": { "reason": "ImagePullBackOff", "message": "Back-off pulling image" } } }] }));
+        assert_eq!(
+            describe("p3", &pulling),
+            "Pod p3: phase Pending; container runner waiting: ImagePullBackOff (Back-off pulling image)"
+        );
     }
 }

@@ -19,8 +19,8 @@ async fn k8s_backend_passes_the_conformance_suite() {
     let fake = FakeK8s::start().await;
     let backend: Arc<dyn Backend> = Arc::new(fake.backend(fake.config()));
     let state = fake.state.clone();
-    let subject = Subject::new(backend, Arc::new(HttpTransport::new()), |parent: &str, prober| {
-        conformance::default_request(APP, parent, prober)
+    let subject = Subject::new(backend, Arc::new(HttpTransport::new()), |parent: &str| {
+        conformance::default_request(APP, parent)
     })
     .boot_timeout(Duration::from_secs(15))
     .leftovers(move |req| {
@@ -44,7 +44,7 @@ async fn k8s_backend_passes_the_conformance_suite() {
 
 #[tokio::test]
 async fn engine_errors_are_typed() {
-    let prober = Arc::new(HttpTransport::new());
+    let prober = HttpTransport::new();
     // Nothing listens: connection refused, retried, then a typed BACKEND error.
     let mut config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
     config.default_namespace = NS.into();
@@ -54,9 +54,9 @@ async fn engine_errors_are_typed() {
         K8sConfig::from_image(IMAGE).retry(fast_retry()),
     )
     .unwrap();
-    let mut request = conformance::default_request(APP, "p", prober.clone());
+    let mut request = conformance::default_request(APP, "p");
     request.boot_timeout = Duration::from_secs(10);
-    conformance::engine_errors_are_typed(&refused, request.clone()).await;
+    conformance::engine_errors_are_typed(&refused, request.clone(), &prober).await;
     let err = refused.spawn(request).await.unwrap_err();
     assert_eq!(K8sError::kind_of(&err), Some(K8sErrorKind::Unavailable), "{err}");
     assert!(err.is_retryable());
@@ -65,8 +65,8 @@ async fn engine_errors_are_typed() {
     let fake = FakeK8s::start().await;
     fake.fault("create", 1, FaultKind::Status(403));
     let backend = fake.backend(fake.config());
-    let mut request = conformance::default_request(APP, "p", prober);
+    let mut request = conformance::default_request(APP, "p");
     request.boot_timeout = Duration::from_secs(10);
-    conformance::engine_errors_are_typed(&backend, request).await;
+    conformance::engine_errors_are_typed(&backend, request, &prober).await;
     assert!(fake.pod_names().is_empty());
 }

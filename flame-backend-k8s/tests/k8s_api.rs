@@ -32,6 +32,7 @@ async fn add(endpoint: &Endpoint, a: i64, b: i64) -> i64 {
         idempotency_key: None,
         trace: Default::default(),
         attempt: 1,
+        cast: false,
     };
     let text = HttpTransport::new().invoke(endpoint, &inv).await.unwrap();
     serde_json::from_str::<Value>(&text).unwrap()["json"]
@@ -79,8 +80,7 @@ async fn a_runner_pod_from_the_parent_pod_matches_the_api_field_by_field() {
                 .node_selector("cloud.google.com/gke-accelerator", "nvidia-l4"),
         );
     let backend = fake.backend(config);
-    let handle = backend
-        .spawn(spawn_request("default-r1", "parent-1", BOOT, http()))
+    let handle = start(&backend, spawn_request("default-r1", "parent-1", BOOT))
         .await
         .unwrap();
     // The runner got its secret and ids through the Pod's env: a signed call works.
@@ -210,11 +210,11 @@ async fn label_values_are_made_label_safe_and_the_exact_values_kept() {
     let backend = fake.backend(fake.config());
     let app = "Shop Service/EU (blue)";
     let parent = format!("parent-{}", "x".repeat(70));
-    let mut req = spawn_request("default-r1", &parent, BOOT, http());
+    let mut req = spawn_request("default-r1", &parent, BOOT);
     req.app = app.into();
     req.labels.insert("flame.app".into(), app.into());
     req.labels.insert("flame.parent".into(), parent.clone());
-    let handle = backend.spawn(req).await.unwrap();
+    let handle = start(&backend, req).await.unwrap();
     // The API (the fake validates label values as the real one does) took it.
     assert!(fake.invalid().is_empty(), "{:?}", fake.invalid());
     let pod = fake.pod(&handle.backend_id).unwrap();
@@ -251,7 +251,7 @@ async fn boot_follows_a_watch_not_a_polling_loop() {
     fake.state.lock().unwrap().hold_until_watched = true;
     let backend = fake.backend(fake.config());
     let handle = backend
-        .spawn(spawn_request("default-w1", "p", BOOT, http()))
+        .spawn(spawn_request("default-w1", "p", BOOT))
         .await
         .unwrap();
     let requests = fake.requests();
@@ -300,7 +300,7 @@ async fn a_cut_watch_resumes_from_the_last_resource_version() {
     }
     let backend = fake.backend(fake.config());
     let handle = backend
-        .spawn(spawn_request("default-w2", "p", BOOT, http()))
+        .spawn(spawn_request("default-w2", "p", BOOT))
         .await
         .unwrap();
     // The first watch delivered the "scheduled" event and was cut; the second resumed from
@@ -335,7 +335,7 @@ async fn an_expired_resource_version_lists_again() {
     fake.state.lock().unwrap().watch_expired = 1;
     let backend = fake.backend(fake.config());
     let handle = backend
-        .spawn(spawn_request("default-w3", "p", BOOT, http()))
+        .spawn(spawn_request("default-w3", "p", BOOT))
         .await
         .unwrap();
     let lists = fake
@@ -349,27 +349,40 @@ async fn an_expired_resource_version_lists_again() {
 
 // ---- boot: Pods that fail --------------------------------------------------------------
 
+/// How a failed start deleted its Pod.
+enum Deleted {
+    /// By spawn, at once (grace 0): the Pod failed before it ran with a Pod IP.
+    BySpawn,
+    /// By core's readiness probe through `terminate` (the delete grace): the Pod ran, its
+    /// runner never became ready.
+    ByProbe,
+}
+
 async fn failed_spawn(
     fake: &FakeK8s,
     plan: Plan,
     runner: &str,
     boot: Duration,
+    deleted: Deleted,
 ) -> (flame_core::Error, Duration) {
     fake.set_plan(plan);
     let backend = fake.backend(fake.config());
     let started = Instant::now();
-    let err = backend
-        .spawn(spawn_request(runner, "p", boot, http()))
+    let err = start(&backend, spawn_request(runner, "p", boot))
         .await
         .unwrap_err();
     let took = started.elapsed();
-    // The Pod is deleted (at once: grace 0) before the error comes back.
+    // The Pod is deleted before the error comes back.
     assert_eq!(fake.pods_of_runner(runner), 0, "{err}");
+    let grace = match deleted {
+        Deleted::BySpawn => 0,
+        Deleted::ByProbe => fake.config().delete_grace.as_secs(),
+    };
     let deletes = fake.deletes();
     assert!(
         deletes
             .iter()
-            .any(|(n, o)| n == &flame_backend_k8s::pod_name(runner) && o["gracePeriodSeconds"] == 0),
+            .any(|(n, o)| n == &flame_backend_k8s::pod_name(runner) && o["gracePeriodSeconds"] == grace),
         "{deletes:?}"
     );
     assert!(fake.invalid().is_empty(), "{:?}", fake.invalid());
@@ -383,7 +396,7 @@ async fn failed_spawn(
 #[tokio::test]
 async fn image_pull_backoff_fails_at_once_with_the_pods_reason_and_message() {
     let fake = FakeK8s::start().await;
-    let (err, took) = failed_spawn(&fake, Plan::ImagePull, "default-f1", BOOT).await;
+    let (err, took) = failed_spawn(&fake, Plan::ImagePull, "default-f1", BOOT, Deleted::BySpawn).await;
     let k = k8s(&err);
     assert_eq!(k.kind, K8sErrorKind::ImagePull, "{err}");
     assert_eq!(k.reason.as_deref(), Some("ImagePullBackOff"));
@@ -406,7 +419,14 @@ async fn unschedulable_past_the_boot_timeout_is_a_spawn_timeout_with_the_schedul
     fake.state.lock().unwrap().bookmark_every = Duration::from_millis(100);
     let boot = Duration::from_millis(1500);
     let msg = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available";
-    let (err, took) = failed_spawn(&fake, Plan::Unschedulable(msg), "default-f2", boot).await;
+    let (err, took) = failed_spawn(
+        &fake,
+        Plan::Unschedulable(msg),
+        "default-f2",
+        boot,
+        Deleted::BySpawn,
+    )
+    .await;
     assert_eq!(
         K8sError::kind_of(&err),
         Some(K8sErrorKind::Unschedulable),
@@ -415,7 +435,12 @@ async fn unschedulable_past_the_boot_timeout_is_a_spawn_timeout_with_the_schedul
     assert_eq!(err.code(), ErrorCode::SpawnTimeout);
     assert!(err.is_retryable());
     assert!(err.message().contains("Insufficient nvidia.com/gpu"), "{err}");
-    assert!(took >= boot && took < boot + Duration::from_secs(10), "{took:?}");
+    // It waited for the scheduler most of the boot timeout (spawn leaves a little of it to
+    // delete the Pod), and not much longer.
+    assert!(
+        took >= boot * 3 / 4 && took < boot + Duration::from_secs(10),
+        "{took:?}"
+    );
     // One watch the whole time, with bookmarks flowing.
     assert!(fake.state.lock().unwrap().bookmarks_sent >= 3);
     assert_eq!(fake.watches().len(), 1, "{:?}", fake.watches());
@@ -431,7 +456,7 @@ async fn bookmarks_move_the_watch_forward() {
     let backend = fake.backend(fake.config());
     let spawn = tokio::spawn(async move {
         backend
-            .spawn(spawn_request("default-b1", "p", Duration::from_secs(4), http()))
+            .spawn(spawn_request("default-b1", "p", Duration::from_secs(4)))
             .await
     });
     fake.wait_for("the watch", Duration::from_secs(10), |st| st.watches.len() == 1)
@@ -465,21 +490,30 @@ async fn bookmarks_move_the_watch_forward() {
     );
 }
 
+/// A Pod that runs (spawn placed it) and is then OOMKilled before its runner answers: core's
+/// readiness probe hears from the API that it stopped and fails the start at once — long
+/// before the boot timeout — with the Pod's reason and its container's termination
+/// (`exit_details`); the Pod is deleted.
 #[tokio::test]
 async fn an_oom_killed_pod_fails_with_its_reason() {
     let fake = FakeK8s::start().await;
-    let (err, _) = failed_spawn(&fake, Plan::OomKilled, "default-f3", BOOT).await;
-    let k = k8s(&err);
-    assert_eq!(k.kind, K8sErrorKind::PodFailed, "{err}");
-    assert_eq!(k.reason.as_deref(), Some("OOMKilled"));
-    assert!(err.message().contains("exited with code 137"), "{err}");
-    assert!(err.is_retryable());
+    let (err, took) = failed_spawn(&fake, Plan::OomKilled, "default-f3", BOOT, Deleted::ByProbe).await;
+    assert_eq!(err.code(), ErrorCode::Backend, "{err}");
+    assert!(!err.is_retryable(), "{err}");
+    assert!(err.message().contains("exited before it was ready"), "{err}");
+    assert!(err.message().contains("phase Failed"), "{err}");
+    assert!(
+        err.message().contains("terminated: OOMKilled, exit code 137"),
+        "{err}"
+    );
+    assert!(took < BOOT / 2, "not fast: {took:?}");
+    eprintln!("a Pod OOMKilled after it ran failed its start in {took:?}: {err}");
 }
 
 #[tokio::test]
 async fn a_missing_secret_fails_with_create_container_config_error() {
     let fake = FakeK8s::start().await;
-    let (err, _) = failed_spawn(&fake, Plan::ConfigError, "default-f4", BOOT).await;
+    let (err, _) = failed_spawn(&fake, Plan::ConfigError, "default-f4", BOOT, Deleted::BySpawn).await;
     assert_eq!(
         K8sError::kind_of(&err),
         Some(K8sErrorKind::ContainerConfig),
@@ -493,7 +527,7 @@ async fn a_missing_secret_fails_with_create_container_config_error() {
 async fn a_pod_stuck_in_container_creating_times_out() {
     let fake = FakeK8s::start().await;
     let boot = Duration::from_millis(1200);
-    let (err, took) = failed_spawn(&fake, Plan::Stuck, "default-f5", boot).await;
+    let (err, took) = failed_spawn(&fake, Plan::Stuck, "default-f5", boot, Deleted::BySpawn).await;
     assert_eq!(K8sError::kind_of(&err), Some(K8sErrorKind::BootTimeout), "{err}");
     assert_eq!(err.code(), ErrorCode::SpawnTimeout);
     assert!(err.message().contains("ContainerCreating"), "{err}");
@@ -508,10 +542,13 @@ async fn a_runner_that_never_answers_times_out() {
         Plan::RunsWithoutRunner,
         "default-f6",
         Duration::from_millis(1500),
+        Deleted::ByProbe,
     )
     .await;
-    assert_eq!(K8sError::kind_of(&err), Some(K8sErrorKind::BootTimeout), "{err}");
-    assert!(err.message().contains("did not answer ping"), "{err}");
+    // Core's readiness probe gave up on it.
+    assert_eq!(err.code(), ErrorCode::SpawnTimeout, "{err}");
+    assert!(err.is_retryable());
+    assert!(err.message().contains("did not answer a health ping"), "{err}");
 }
 
 #[tokio::test]
@@ -521,11 +558,7 @@ async fn a_pod_deleted_during_boot_fails_the_spawn() {
     let backend = fake.backend(fake.config());
     let spawn = tokio::spawn({
         let backend = backend.clone();
-        async move {
-            backend
-                .spawn(spawn_request("default-f7", "p", BOOT, http()))
-                .await
-        }
+        async move { start(&backend, spawn_request("default-f7", "p", BOOT)).await }
     });
     let name = flame_backend_k8s::pod_name("default-f7");
     fake.wait_for("the Pod to be scheduled", Duration::from_secs(10), |st| {
@@ -548,7 +581,7 @@ async fn a_dropped_spawn_deletes_its_pod() {
     fake.set_plan(Plan::Stuck);
     let backend = fake.backend(fake.config());
     let name = flame_backend_k8s::pod_name("default-f8");
-    let mut spawn = Box::pin(backend.spawn(spawn_request("default-f8", "p", BOOT, http())));
+    let mut spawn = Box::pin(backend.spawn(spawn_request("default-f8", "p", BOOT)));
     tokio::select! {
         _ = &mut spawn => panic!("a stuck Pod cannot boot"),
         _ = fake.wait_for("the Pod to exist", Duration::from_secs(10), |st| st.pods.contains_key(&name)) => {}
@@ -574,8 +607,7 @@ async fn conflict_invalid_and_forbidden_are_final_with_the_apis_message() {
         "spec": { "containers": [{ "name": "app", "image": "nginx" }] },
         "status": { "phase": "Running" }
     }));
-    let err = backend
-        .spawn(spawn_request("default-c1", "p", BOOT, http()))
+    let err = start(&backend, spawn_request("default-c1", "p", BOOT))
         .await
         .unwrap_err();
     let k = k8s(&err);
@@ -598,8 +630,7 @@ async fn conflict_invalid_and_forbidden_are_final_with_the_apis_message() {
 
     // 422 and 403: one attempt each, the API's own words in the error.
     fake.fault("create", 1, FaultKind::Status(422));
-    let err = backend
-        .spawn(spawn_request("default-c2", "p", BOOT, http()))
+    let err = start(&backend, spawn_request("default-c2", "p", BOOT))
         .await
         .unwrap_err();
     let k = k8s(&err);
@@ -611,8 +642,7 @@ async fn conflict_invalid_and_forbidden_are_final_with_the_apis_message() {
     assert!(!err.is_retryable());
 
     fake.fault("create", 1, FaultKind::Status(403));
-    let err = backend
-        .spawn(spawn_request("default-c3", "p", BOOT, http()))
+    let err = start(&backend, spawn_request("default-c3", "p", BOOT))
         .await
         .unwrap_err();
     let k = k8s(&err);
@@ -632,8 +662,7 @@ async fn throttling_and_server_errors_are_retried_with_backoff() {
     // 429 twice (retryAfterSeconds: 1), then the create goes through.
     fake.fault("create", 2, FaultKind::Status(429));
     let started = Instant::now();
-    let h = backend
-        .spawn(spawn_request("default-t1", "p", BOOT, http()))
+    let h = start(&backend, spawn_request("default-t1", "p", BOOT))
         .await
         .unwrap();
     assert!(
@@ -646,8 +675,7 @@ async fn throttling_and_server_errors_are_retried_with_backoff() {
     // 500 and 503 once each, then fine.
     fake.fault("create", 1, FaultKind::Status(500));
     fake.fault("create", 1, FaultKind::Status(503));
-    let h = backend
-        .spawn(spawn_request("default-t2", "p", BOOT, http()))
+    let h = start(&backend, spawn_request("default-t2", "p", BOOT))
         .await
         .unwrap();
     assert_eq!(count(&fake.requests(), "POST"), 6);
@@ -659,8 +687,7 @@ async fn throttling_and_server_errors_are_retried_with_backoff() {
 
     // 503 every time: after 1 + max_retries attempts a typed, retryable error; nothing left.
     fake.fault("create", 100, FaultKind::Status(503));
-    let err = backend
-        .spawn(spawn_request("default-t3", "p", BOOT, http()))
+    let err = start(&backend, spawn_request("default-t3", "p", BOOT))
         .await
         .unwrap_err();
     let k = k8s(&err);
@@ -684,8 +711,7 @@ async fn throttling_and_server_errors_are_retried_with_backoff() {
             "Too many requests, please try again later.",
         ),
     );
-    let err = backend
-        .spawn(spawn_request("default-t4", "p", BOOT, http()))
+    let err = start(&backend, spawn_request("default-t4", "p", BOOT))
         .await
         .unwrap_err();
     assert_eq!(K8sError::kind_of(&err), Some(K8sErrorKind::Throttled), "{err}");
@@ -699,8 +725,7 @@ async fn a_lost_create_reply_does_not_make_a_second_pod() {
     // The API creates the Pod, then the reply is lost (a 500 from a proxy); the retry gets
     // 409 AlreadyExists, finds the Pod carries this runner's id, and boots it.
     fake.fault("create", 1, FaultKind::AfterApply(500));
-    let h = backend
-        .spawn(spawn_request("default-l1", "p", BOOT, http()))
+    let h = start(&backend, spawn_request("default-l1", "p", BOOT))
         .await
         .unwrap();
     assert_eq!(add(&h.endpoint, 1, 2).await, 3);
@@ -711,8 +736,7 @@ async fn a_lost_create_reply_does_not_make_a_second_pod() {
     // A create that times out: retried; still exactly one Pod.
     let backend = fake.backend(fake.config().request_timeout(Duration::from_millis(300)));
     fake.fault("create", 1, FaultKind::Delay(Duration::from_millis(800)));
-    let h = backend
-        .spawn(spawn_request("default-l2", "p", BOOT, http()))
+    let h = start(&backend, spawn_request("default-l2", "p", BOOT))
         .await
         .unwrap();
     assert_eq!(add(&h.endpoint, 2, 2).await, 4);
@@ -727,8 +751,7 @@ async fn a_lost_create_reply_does_not_make_a_second_pod() {
 async fn terminate_deletes_with_a_grace_period_and_is_idempotent() {
     let fake = FakeK8s::start().await;
     let backend = fake.backend(fake.config());
-    let h = backend
-        .spawn(spawn_request("default-d1", "p", BOOT, http()))
+    let h = start(&backend, spawn_request("default-d1", "p", BOOT))
         .await
         .unwrap();
     backend.terminate(&h).await.unwrap();
@@ -829,17 +852,14 @@ async fn reap_deletes_only_provably_orphaned_pods() {
     fake.state.lock().unwrap().max_page = 2;
     let backend = fake.backend(fake.config());
     // Runners of three parents: A is alive and in touch, B is the reaping parent, C crashed.
-    let a = backend
-        .spawn(spawn_request("default-a", "parent-a", BOOT, http()))
+    let a = start(&backend, spawn_request("default-a", "parent-a", BOOT))
         .await
         .unwrap();
     let _touch = KeepInTouch::start(a.endpoint.clone());
-    let b = backend
-        .spawn(spawn_request("default-b", "parent-b", BOOT, http()))
+    let b = start(&backend, spawn_request("default-b", "parent-b", BOOT))
         .await
         .unwrap();
-    let c = backend
-        .spawn(spawn_request("default-c", "parent-c", BOOT, http()))
+    let c = start(&backend, spawn_request("default-c", "parent-c", BOOT))
         .await
         .unwrap();
     // Remains of crashed parents (stopped Pods), a Pod without a parent (not flame's), one of

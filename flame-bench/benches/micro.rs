@@ -14,14 +14,13 @@
 //! ```
 #![allow(missing_docs, clippy::unwrap_used)]
 
-use async_trait::async_trait;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
 use flame_core::codec::{self, InvocationRequest};
 use flame_core::pool::RunnerTemplate;
+use flame_core::testkit::MemoryBackend;
 use flame_core::{
-    Backend, CheckoutOptions, Context, Dispatcher, ElasticPool, Endpoint, Flame, InMemoryTransport,
-    Invocation, Method, Mode, Pool, PoolConfig, ReapScope, Registry, RunnerHandle, RunnerState, Secret,
-    SpawnRequest, StaticPool,
+    CheckoutOptions, Context, ElasticPool, Endpoint, Flame, Invocation, Method, Mode, Pool, PoolConfig,
+    Registry, Secret, StaticPool,
 };
 use std::sync::Arc;
 use std::time::Duration;
@@ -76,6 +75,7 @@ fn invocation(args: String) -> Invocation {
         idempotency_key: None,
         trace: Default::default(),
         attempt: 1,
+        cast: false,
     }
 }
 
@@ -114,41 +114,14 @@ fn codec_bench(c: &mut Criterion) {
     g.finish();
 }
 
-/// A backend whose runners are dispatchers in an [`InMemoryTransport`]: spawning is instant.
-struct Mem(InMemoryTransport);
-
-#[async_trait]
-impl Backend for Mem {
-    fn name(&self) -> &str {
-        "mem"
-    }
-    async fn spawn(&self, r: SpawnRequest) -> flame_core::Result<RunnerHandle> {
-        let url = format!("mem://{}", r.runner_id);
-        self.0
-            .add(&url, Dispatcher::new(Registry::new(), r.runner_id.clone()));
-        Ok(RunnerHandle {
-            endpoint: Endpoint::new(url, r.runner_id.clone()),
-            runner_id: r.runner_id,
-            backend_id: "mem".into(),
-        })
-    }
-    async fn terminate(&self, h: &RunnerHandle) -> flame_core::Result<()> {
-        self.0.remove(&h.endpoint.url);
-        Ok(())
-    }
-    async fn status(&self, _: &RunnerHandle) -> flame_core::Result<RunnerState> {
-        Ok(RunnerState::Running)
-    }
-    async fn reap(&self, _: &ReapScope) -> flame_core::Result<usize> {
-        Ok(0)
-    }
-}
-
+/// An elastic pool of `n` runners over `MemoryBackend` (dispatchers in an in-memory
+/// transport: spawning is instant).
 async fn elastic_pool(n: usize) -> ElasticPool {
-    let transport = InMemoryTransport::new();
+    let backend = MemoryBackend::new(Registry::new());
+    let transport = backend.transport().clone();
     let template = RunnerTemplate::new("bench", "parent", Secret::generate(), Arc::new(transport.clone()))
         .parent_timeout(Duration::from_secs(3600));
-    let pool = ElasticPool::builder("bench", Arc::new(Mem(transport)), template)
+    let pool = ElasticPool::builder("bench", Arc::new(backend), template)
         .config(
             PoolConfig::default()
                 .min(n)

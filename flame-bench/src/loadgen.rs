@@ -108,6 +108,8 @@ impl RequestKind {
             timeout_ms: Some(30_000),
             idempotency_key: None,
             trace: None,
+            attempt: None,
+            cast: None,
         };
         // A struct of strings and integers always serialises.
         let body = serde_json::to_vec(&request).unwrap_or_default();

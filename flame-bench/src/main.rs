@@ -585,6 +585,7 @@ async fn spawn_bench(bin: &RunnerCmd, rounds: usize) -> Result<SpawnResult, Stri
             idempotency_key: None,
             trace: Default::default(),
             attempt: 1,
+            cast: false,
         };
         let result = transport.invoke(&handle.endpoint, &inv).await;
         let first = t0.elapsed();

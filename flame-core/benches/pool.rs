@@ -6,51 +6,20 @@
 //! tasks doing it concurrently.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use async_trait::async_trait;
 use flame_core::pool::RunnerTemplate;
-use flame_core::{
-    Backend, CheckoutOptions, Dispatcher, ElasticPool, Endpoint, InMemoryTransport, Pool, PoolConfig,
-    ReapScope, Registry, RunnerHandle, RunnerState, Secret, SpawnRequest,
-};
+use flame_core::testkit::MemoryBackend;
+use flame_core::{CheckoutOptions, ElasticPool, Pool, PoolConfig, Registry, Secret};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-struct Mem(InMemoryTransport);
-
-#[async_trait]
-impl Backend for Mem {
-    fn name(&self) -> &str {
-        "mem"
-    }
-    async fn spawn(&self, r: SpawnRequest) -> flame_core::Result<RunnerHandle> {
-        let url = format!("mem://{}", r.runner_id);
-        self.0
-            .add(&url, Dispatcher::new(Registry::new(), r.runner_id.clone()));
-        Ok(RunnerHandle {
-            endpoint: Endpoint::new(url, r.runner_id.clone()),
-            runner_id: r.runner_id,
-            backend_id: "mem".into(),
-        })
-    }
-    async fn terminate(&self, h: &RunnerHandle) -> flame_core::Result<()> {
-        self.0.remove(&h.endpoint.url);
-        Ok(())
-    }
-    async fn status(&self, _h: &RunnerHandle) -> flame_core::Result<RunnerState> {
-        Ok(RunnerState::Running)
-    }
-    async fn reap(&self, _s: &ReapScope) -> flame_core::Result<usize> {
-        Ok(0)
-    }
-}
 
 const CONC: usize = 100;
 
 async fn pool_of(n: usize) -> Arc<ElasticPool> {
-    let transport = InMemoryTransport::new();
+    let backend = MemoryBackend::new(Registry::new());
+    let transport = backend.transport().clone();
     let template = RunnerTemplate::new("bench", "parent", Secret::generate(), Arc::new(transport.clone()))
         .parent_timeout(Duration::from_secs(36_000));
-    let pool = ElasticPool::builder("bench", Arc::new(Mem(transport)), template)
+    let pool = ElasticPool::builder("bench", Arc::new(backend), template)
         .config(
             PoolConfig::default()
                 .min(n)

@@ -1,6 +1,7 @@
 //! Configuration: modes, the secret, timeouts and limits, read from the environment
 //! (DESIGN.md §1) or set in code.
 
+use crate::call::RetryPolicy;
 use crate::error::{Error, Result};
 use std::fmt;
 use std::net::SocketAddr;
@@ -129,6 +130,9 @@ pub struct Config {
     pub parent_id: Option<String>,
     /// The invoke path; default `/invoke`.
     pub invoke_path: String,
+    /// Default retry policy of calls (the last in the precedence of [`crate::call`]); default
+    /// [`RetryPolicy::NONE`].
+    pub retry: RetryPolicy,
 }
 
 impl Default for Config {
@@ -145,6 +149,7 @@ impl Default for Config {
             parent_timeout: Duration::from_millis(20_000),
             parent_id: None,
             invoke_path: "/invoke".into(),
+            retry: RetryPolicy::NONE,
         }
     }
 }

@@ -1,6 +1,9 @@
 //! The invocation context a handler receives.
 
+use crate::error::{Error, Result};
+use std::any::Any;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -23,7 +26,11 @@ pub struct Context {
     cancel: CancellationToken,
 }
 
-#[derive(Debug, Clone)]
+/// The per-runner state handlers share (built once per runner process by
+/// `FlameBuilder::runner_state`).
+pub type SharedState = Arc<dyn Any + Send + Sync>;
+
+#[derive(Clone)]
 struct Inner {
     invocation_id: String,
     deadline: Option<Instant>,
@@ -31,6 +38,21 @@ struct Inner {
     idempotency_key: Option<String>,
     trace: BTreeMap<String, String>,
     pool: Option<String>,
+    state: Option<SharedState>,
+}
+
+impl fmt::Debug for Inner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("invocation_id", &self.invocation_id)
+            .field("deadline", &self.deadline)
+            .field("attempt", &self.attempt)
+            .field("idempotency_key", &self.idempotency_key)
+            .field("trace", &self.trace)
+            .field("pool", &self.pool)
+            .field("state", &self.state.is_some())
+            .finish()
+    }
 }
 
 impl Context {
@@ -44,6 +66,7 @@ impl Context {
                 idempotency_key: None,
                 trace: BTreeMap::new(),
                 pool: None,
+                state: None,
             }),
             cancel: CancellationToken::new(),
         }
@@ -51,6 +74,38 @@ impl Context {
 
     fn inner_mut(&mut self) -> &mut Inner {
         Arc::make_mut(&mut self.inner)
+    }
+
+    /// Sets the runner state handlers reach with [`Context::state`].
+    pub fn with_state(mut self, state: Option<SharedState>) -> Self {
+        self.inner_mut().state = state;
+        self
+    }
+
+    /// The runner's state, built once per runner process (and once in local mode) by
+    /// `FlameBuilder::runner_state`, never in a parent — the way axum's `State` reaches handlers.
+    /// A `CONFIG` error names the type when none of that type was set.
+    ///
+    /// ```
+    /// use flame_core::Context;
+    /// use std::sync::Arc;
+    /// struct Model { name: &'static str }
+    /// let ctx = Context::new("inv-1").with_state(Some(Arc::new(Model { name: "resnet" })));
+    /// assert_eq!(ctx.state::<Model>().unwrap().name, "resnet");
+    /// assert!(ctx.state::<String>().is_err());
+    /// ```
+    pub fn state<T: Send + Sync + 'static>(&self) -> Result<Arc<T>> {
+        self.inner
+            .state
+            .clone()
+            .and_then(|s| s.downcast::<T>().ok())
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "this handler asked for runner state of type `{}`, and none of that type was set: \
+                     build it with FlameBuilder::runner_state",
+                    std::any::type_name::<T>()
+                ))
+            })
     }
 
     /// Sets the deadline.

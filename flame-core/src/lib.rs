@@ -27,6 +27,7 @@
 //! ```
 
 pub mod backend;
+pub mod background;
 pub mod call;
 pub mod codec;
 pub mod config;
@@ -39,6 +40,7 @@ pub mod pool;
 pub mod registry;
 pub mod runner;
 pub mod spawn_guard;
+pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod transport;
@@ -46,7 +48,8 @@ pub mod transport;
 pub use backend::{
     AddressResolver, Backend, LocalProcess, ReapScope, RunnerAddress, RunnerHandle, RunnerState, SpawnRequest,
 };
-pub use call::CallOptions;
+pub use background::{CallHandle, CastError, CastHandle, MapOptions, PlaceOptions, PlacedTask};
+pub use call::{CallDefaults, CallOptions, RetryBudget, RetryPolicy};
 pub use config::{Config, Mode, Secret};
 pub use context::Context;
 pub use error::{Error, ErrorCode, Result};
@@ -57,4 +60,4 @@ pub use pool::{
 };
 pub use registry::Registry;
 pub use runner::{DispatchReply, Dispatcher, RunnerServer};
-pub use transport::{Endpoint, InMemoryTransport, Invocation, RunnerStatus, Transport};
+pub use transport::{Endpoint, Invocation, RunnerStatus, Transport};

@@ -1,5 +1,6 @@
 //! Typed method handles: the wire ids plus the request and response types.
 
+use crate::call::RetryPolicy;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -22,6 +23,7 @@ pub struct Method<Req, Resp> {
     method_id: &'static str,
     pool: Option<&'static str>,
     timeout_ms: Option<u64>,
+    retry: Option<RetryPolicy>,
     _types: PhantomData<fn(Req) -> Resp>,
 }
 
@@ -33,6 +35,7 @@ impl<Req, Resp> Method<Req, Resp> {
             method_id,
             pool: None,
             timeout_ms: None,
+            retry: None,
             _types: PhantomData,
         }
     }
@@ -72,6 +75,37 @@ impl<Req, Resp> Method<Req, Resp> {
     /// The method's default timeout in milliseconds, if any.
     pub const fn timeout_ms(&self) -> Option<u64> {
         self.timeout_ms
+    }
+
+    /// The retry policy calls of this method use unless the call sets another (see
+    /// [`crate::call`] for the precedence).
+    ///
+    /// ```
+    /// use flame_core::{Method, RetryPolicy};
+    /// const RESIZE: Method<String, String> = Method::new("media", "resize").with_retry(RetryPolicy::attempts(3));
+    /// assert_eq!(RESIZE.retry().map(|p| p.max_attempts()), Some(3));
+    /// ```
+    pub const fn with_retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+
+    /// The method's retry policy, if any.
+    pub const fn retry(&self) -> Option<RetryPolicy> {
+        self.retry
+    }
+
+    /// The same method (ids, pool, timeout, retry policy) with another response type, for
+    /// calls that read the reply differently (a cast ignores it).
+    pub(crate) const fn retyped<R2>(&self) -> Method<Req, R2> {
+        Method {
+            service_id: self.service_id,
+            method_id: self.method_id,
+            pool: self.pool,
+            timeout_ms: self.timeout_ms,
+            retry: self.retry,
+            _types: PhantomData,
+        }
     }
 }
 

@@ -5,11 +5,12 @@
 #![cfg(unix)]
 
 use async_trait::async_trait;
+use flame_core::backend::readiness::start_runner;
 use flame_core::backend::LocalProcess;
 use flame_core::pool::RunnerTemplate;
 use flame_core::{
-    Backend, Endpoint, Error, ErrorCode, Invocation, ReapScope, RunnerState, RunnerStatus, Secret,
-    SpawnRequest, Transport,
+    Backend, Endpoint, Error, ErrorCode, Invocation, ReapScope, RunnerHandle, RunnerState, RunnerStatus,
+    Secret, SpawnRequest, Transport,
 };
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,14 +56,20 @@ fn script(body: &str, state: &Dir) -> LocalProcess {
         .grace(Duration::from_secs(2))
 }
 
-fn request(parent: &str, healthy: bool, boot: Duration) -> SpawnRequest {
+fn request(parent: &str, boot: Duration) -> SpawnRequest {
     RunnerTemplate::new(
         "lp-test",
         parent,
         Secret::generate(),
-        Arc::new(Prober(AtomicBool::new(healthy))),
+        Arc::new(Prober(AtomicBool::new(true))),
     )
     .request("default", boot)
+}
+
+/// Starts a runner the way a pool does: LocalProcess places it, core's probe pings it through
+/// a prober that answers (or not).
+async fn start(backend: &LocalProcess, req: SpawnRequest, healthy: bool) -> flame_core::Result<RunnerHandle> {
+    start_runner(backend, req, &Prober(AtomicBool::new(healthy))).await
 }
 
 fn alive(pid: u32) -> bool {
@@ -105,9 +112,9 @@ const READY: &str = "echo starting up; echo FLAME_READY http://127.0.0.1:9/; exe
 async fn spawn_reads_the_ready_line_and_terminate_ends_the_process() {
     let d = dir();
     let backend = script(READY, &d);
-    let req = request("p1", true, Duration::from_secs(10));
+    let req = request("p1", Duration::from_secs(10));
     let secret = req.secret.clone();
-    let h = backend.spawn(req).await.unwrap();
+    let h = start(&backend, req, true).await.unwrap();
     assert_eq!(h.endpoint.url, "http://127.0.0.1:9");
     assert_eq!(h.endpoint.secret, secret);
     let pid: u32 = h.backend_id.parse().unwrap();
@@ -131,8 +138,7 @@ async fn terminate_sends_sigterm_first() {
         marker.display()
     );
     let backend = script(&body, &d);
-    let h = backend
-        .spawn(request("p1", true, Duration::from_secs(10)))
+    let h = start(&backend, request("p1", Duration::from_secs(10)), true)
         .await
         .unwrap();
     backend.terminate(&h).await.unwrap();
@@ -144,8 +150,7 @@ async fn sigkill_follows_when_sigterm_is_ignored() {
     let d = dir();
     let body = "trap '' TERM; echo FLAME_READY http://127.0.0.1:9; while true; do sleep 0.05; done";
     let backend = script(body, &d).grace(Duration::from_millis(300));
-    let h = backend
-        .spawn(request("p1", true, Duration::from_secs(10)))
+    let h = start(&backend, request("p1", Duration::from_secs(10)), true)
         .await
         .unwrap();
     let pid: u32 = h.backend_id.parse().unwrap();
@@ -161,8 +166,7 @@ async fn a_runner_that_never_announces_itself_is_killed_at_boot_timeout() {
     let pidfile = d.0.join("pid");
     let body = format!("echo $$ > {}; exec sleep 300", pidfile.display());
     let backend = script(&body, &d);
-    let err = backend
-        .spawn(request("p1", true, Duration::from_millis(500)))
+    let err = start(&backend, request("p1", Duration::from_millis(500)), true)
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::SpawnTimeout, "{err}");
@@ -183,8 +187,7 @@ async fn a_runner_that_never_answers_pings_is_killed_at_boot_timeout() {
         pidfile.display()
     );
     let backend = script(&body, &d);
-    let err = backend
-        .spawn(request("p1", false, Duration::from_millis(500)))
+    let err = start(&backend, request("p1", Duration::from_millis(500)), false)
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::SpawnTimeout, "{err}");
@@ -196,8 +199,7 @@ async fn a_runner_that_never_answers_pings_is_killed_at_boot_timeout() {
 async fn a_runner_that_exits_early_is_a_backend_error_with_its_stderr() {
     let d = dir();
     let backend = script("echo 'cannot bind: address in use' >&2; exit 3", &d);
-    let err = backend
-        .spawn(request("p1", true, Duration::from_secs(5)))
+    let err = start(&backend, request("p1", Duration::from_secs(5)), true)
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Backend);
@@ -206,10 +208,32 @@ async fn a_runner_that_exits_early_is_a_backend_error_with_its_stderr() {
 }
 
 #[tokio::test]
+async fn a_runner_that_dies_after_announcing_itself_fails_at_once_with_its_exit_and_stderr() {
+    // The probe asks the engine while pings fail: a dead runner is not waited for until the
+    // boot timeout.
+    let d = dir();
+    let body = "echo FLAME_READY http://127.0.0.1:9; echo 'panic: config missing' >&2; exit 4";
+    let backend = script(body, &d);
+    let started = std::time::Instant::now();
+    let err = start(&backend, request("p1", Duration::from_secs(20)), false)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Backend, "{err}");
+    assert!(err.message().contains("exited before it was ready"), "{err}");
+    assert!(err.message().contains("exit status: 4"), "{err}");
+    assert!(err.message().contains("config missing"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(backend.live_children(), 0, "ended");
+}
+
+#[tokio::test]
 async fn a_missing_program_is_a_backend_error() {
     let backend = LocalProcess::command("/nonexistent/flame-runner", Vec::<String>::new());
-    let err = backend
-        .spawn(request("p1", true, Duration::from_secs(5)))
+    let err = start(&backend, request("p1", Duration::from_secs(5)), true)
         .await
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Backend);
@@ -225,9 +249,9 @@ async fn runners_get_the_request_environment_and_the_parent_pid() {
         out.display()
     );
     let backend = script(&body, &d);
-    let req = request("parent-7", true, Duration::from_secs(5));
+    let req = request("parent-7", Duration::from_secs(5));
     let id = req.runner_id.clone();
-    let h = backend.spawn(req).await.unwrap();
+    let h = start(&backend, req, true).await.unwrap();
     let env = std::fs::read_to_string(&out).unwrap();
     assert_eq!(env.trim(), format!("runner {id} parent-7 {}", std::process::id()));
     backend.terminate(&h).await.unwrap();
@@ -269,8 +293,7 @@ async fn reap_ends_only_provably_orphaned_runners() {
     let spawn = |parent: &'static str| {
         let backend = backend.clone();
         async move {
-            backend
-                .spawn(request(parent, true, Duration::from_secs(5)))
+            start(&backend, request(parent, Duration::from_secs(5)), true)
                 .await
                 .unwrap()
         }
@@ -325,8 +348,7 @@ async fn reap_ends_only_provably_orphaned_runners() {
 async fn reap_never_signals_a_reused_pid() {
     let d = dir();
     let backend = script(READY, &d);
-    let h = backend
-        .spawn(request("crashed-parent", true, Duration::from_secs(5)))
+    let h = start(&backend, request("crashed-parent", Duration::from_secs(5)), true)
         .await
         .unwrap();
     // Rewrite the pid file to point at a process that is not a runner: this test's own pid.
@@ -351,8 +373,7 @@ async fn reap_never_signals_a_reused_pid() {
 async fn dropping_the_backend_kills_its_children() {
     let d = dir();
     let backend = script(READY, &d);
-    let h = backend
-        .spawn(request("p1", true, Duration::from_secs(5)))
+    let h = start(&backend, request("p1", Duration::from_secs(5)), true)
         .await
         .unwrap();
     let pid: u32 = h.backend_id.parse().unwrap();

@@ -2,9 +2,9 @@
 #![allow(clippy::unwrap_used)]
 mod common;
 use common::*;
+use flame_core::testkit::InMemoryTransport;
 use flame_core::{
-    CallOptions, Dispatcher, Endpoint, ErrorCode, Flame, InMemoryTransport, Invocation, Mode, StaticPool,
-    Transport,
+    CallOptions, Dispatcher, Endpoint, ErrorCode, Flame, Invocation, Mode, StaticPool, Transport,
 };
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -124,7 +124,11 @@ async fn wire_bytes_match_the_reference_format() {
     let bad = d.dispatch_bytes(b"{not json").await;
     assert_eq!(bad.status, 400);
     let unknown = d
-        .dispatch_bytes(body.replace("\"add\"", "\"nope\"").as_bytes())
+        .dispatch_bytes(
+            body.replace("\"add\"", "\"nope\"")
+                .replace("0c11", "0c12")
+                .as_bytes(),
+        )
         .await;
     assert_eq!(unknown.status, 404);
     // The transport maps those statuses to typed errors.
@@ -136,6 +140,7 @@ async fn wire_bytes_match_the_reference_format() {
         idempotency_key: None,
         trace: Default::default(),
         attempt: 1,
+        cast: false,
     };
     let err = transport
         .invoke(&Endpoint::new("mem://r", "r"), &inv)
@@ -162,4 +167,37 @@ async fn futures_join<T>(handles: impl Iterator<Item = tokio::task::JoinHandle<T
         out.push(h.await.unwrap());
     }
     out
+}
+
+#[tokio::test]
+async fn the_in_memory_path_runs_the_same_pipeline_as_http() {
+    // Replayed and stale envelopes are refused before any handler runs, exactly as over HTTP.
+    let transport = InMemoryTransport::new();
+    let (reg, probe) = registry();
+    transport.add("mem://r", Dispatcher::new(reg, "r"));
+    let now = flame_core::transport::now_millis();
+    let envelope = |id: &str, iat: u64, exp: u64| {
+        format!(
+            r#"{{"invocationId":"{id}","serviceId":"test","methodId":"count","args":"{{\"json\":[]}}","iat":{iat},"exp":{exp}}}"#
+        )
+    };
+    let fresh = envelope("a1", now, now + 60_000);
+    let first = transport.send_raw("mem://r", fresh.as_bytes()).await.unwrap();
+    assert_eq!(first.status, 200);
+    let replayed = transport.send_raw("mem://r", fresh.as_bytes()).await.unwrap();
+    assert_eq!(
+        (replayed.status, &replayed.body[..]),
+        (401, &b"Replayed request"[..])
+    );
+    let stale = envelope("a2", now - 300_000, now - 200_000);
+    let expired = transport.send_raw("mem://r", stale.as_bytes()).await.unwrap();
+    assert_eq!(
+        (expired.status, &expired.body[..]),
+        (401, &b"Request expired"[..])
+    );
+    assert_eq!(
+        probe.runs.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "only the fresh envelope ran"
+    );
 }

@@ -6,9 +6,9 @@ mod pool_common;
 
 use common::*;
 use flame_core::pool::PoolEvent;
+use flame_core::testkit::InMemoryTransport;
 use flame_core::{
-    CallOptions, CheckoutOptions, ErrorCode, Flame, InMemoryTransport, Lease, LeaseOutcome, Mode, Pool,
-    PoolConfig,
+    CallOptions, CheckoutOptions, ErrorCode, Flame, Lease, LeaseOutcome, Mode, Pool, PoolConfig,
 };
 use pool_common::*;
 use std::collections::HashSet;

@@ -7,7 +7,8 @@ mod pool_common;
 
 use common::*;
 use flame_core::pool::{ElasticPool, RunnerTemplate};
-use flame_core::{CheckoutOptions, ErrorCode, Flame, InMemoryTransport, Mode, Pool, PoolConfig, Secret};
+use flame_core::testkit::InMemoryTransport;
+use flame_core::{CheckoutOptions, ErrorCode, Flame, Mode, Pool, PoolConfig, Secret};
 use pool_common::*;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -6,9 +6,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use flame_core::codec;
+use flame_core::runner::idempotency::{Begin, IdempotencyCache};
+use flame_core::runner::replay::ReplayCache;
 use flame_core::{Config, Context, Dispatcher, Endpoint, Invocation, Method, Registry, Secret, Transport};
-use flame_http::idempotency::{Begin, IdempotencyCache};
-use flame_http::replay::ReplayCache;
 use flame_http::{HttpServer, HttpTransport, ServerOptions};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,6 +49,7 @@ fn round_trip(c: &mut Criterion) {
                 idempotency_key: None,
                 trace: Default::default(),
                 attempt: 1,
+                cast: false,
             };
             transport.invoke(&endpoint, &inv).await.unwrap()
         })

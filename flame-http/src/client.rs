@@ -28,9 +28,6 @@ use std::time::Duration;
 pub struct ClientOptions {
     /// The runner's invoke path. Default `/invoke`.
     pub invoke_path: String,
-    /// Timeout of a call whose invocation has no deadline. Default 60 s (the reference's
-    /// expiry window).
-    pub default_timeout: Duration,
     /// Timeout of establishing a connection. Default 5 s.
     pub connect_timeout: Duration,
     /// Timeout of a `ping`. Default 5 s.
@@ -48,7 +45,6 @@ impl Default for ClientOptions {
     fn default() -> Self {
         ClientOptions {
             invoke_path: "/invoke".into(),
-            default_timeout: Duration::from_millis(60_000),
             connect_timeout: Duration::from_secs(5),
             ping_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(20),
@@ -62,11 +58,6 @@ impl ClientOptions {
     /// Sets [`ClientOptions::invoke_path`].
     pub fn invoke_path(mut self, path: impl Into<String>) -> Self {
         self.invoke_path = path.into();
-        self
-    }
-    /// Sets [`ClientOptions::default_timeout`].
-    pub fn default_timeout(mut self, timeout: Duration) -> Self {
-        self.default_timeout = timeout;
         self
     }
     /// Sets [`ClientOptions::connect_timeout`].
@@ -91,9 +82,10 @@ impl ClientOptions {
     }
 }
 
-/// Core's [`Transport`] over HTTP/1.1: pooled keep-alive connections, per-call timeout from the
-/// invocation's deadline, requests signed with the endpoint's secret, a fresh `invocationId`
-/// per attempt. Compose retries with [`crate::Retry`].
+/// Core's [`Transport`] over HTTP/1.1: pooled keep-alive connections, requests signed with the
+/// endpoint's secret, a fresh `invocationId` per attempt. It sends exactly one attempt: core
+/// owns the call's deadline (it drops this future when the deadline passes, which cancels the
+/// request) and its retries.
 ///
 /// ```no_run
 /// # async fn run() -> flame_core::Result<()> {
@@ -199,8 +191,7 @@ fn client_error(err: hyper_util::client::legacy::Error, url: &str) -> Error {
 #[async_trait]
 impl Transport for HttpTransport {
     async fn invoke(&self, endpoint: &Endpoint, invocation: &Invocation) -> Result<String> {
-        let timeout = invocation.remaining().unwrap_or(self.options.default_timeout);
-        if timeout.is_zero() {
+        if invocation.remaining().is_some_and(|left| left.is_zero()) {
             return Err(Error::new(
                 ErrorCode::Timeout,
                 "call deadline passed before it was sent",
@@ -221,22 +212,7 @@ impl Transport for HttpTransport {
         let request = builder
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| Error::config(format!("cannot build the request: {e}")))?;
-        let (status, body) = match tokio::time::timeout(timeout, self.exchange(request, &endpoint.url)).await
-        {
-            Ok(r) => r?,
-            Err(_) => {
-                return Err(Error::new(
-                    ErrorCode::Timeout,
-                    format!(
-                        "runner {} did not answer {}/{} within {} ms",
-                        endpoint.runner_id,
-                        invocation.service_id,
-                        invocation.method_id,
-                        timeout.as_millis()
-                    ),
-                ))
-            }
-        };
+        let (status, body) = self.exchange(request, &endpoint.url).await?;
         if status != StatusCode::OK {
             return Err(error_for_status(status.as_u16(), &String::from_utf8_lossy(&body)));
         }

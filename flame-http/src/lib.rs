@@ -7,8 +7,8 @@
 //!   `POST /invoke` and `GET /health`; it prints `FLAME_READY <url>` once listening and drains
 //!   on shutdown and SIGTERM.
 //! - [`HttpTransport`] is core's [`Transport`](flame_core::Transport) for parents: pooled
-//!   keep-alive HTTP/1.1, per-call timeout, signed requests.
-//! - [`Retry`] and [`Timeout`] are composable layers over any transport.
+//!   keep-alive HTTP/1.1, signed requests, one attempt per `invoke` (deadlines and retries are
+//!   core's: see `flame_core::call`).
 //!
 //! Security and limits: HMAC-SHA256 over the raw body checked in constant time, an `iat`/`exp`
 //! window with 60 s skew, replay rejection of `invocationId`s inside their window, a body limit
@@ -32,14 +32,10 @@
 //! ```
 
 pub mod client;
-pub mod idempotency;
-pub mod layers;
-pub mod replay;
 pub mod server;
 pub mod sign;
 
 pub use client::{ClientOptions, HttpTransport};
-pub use layers::{Retry, Timeout, TransportExt};
 pub use server::{serve, BoundServer, HttpServer, ServerOptions};
 
 use flame_core::FlameBuilder;

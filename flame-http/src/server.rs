@@ -2,17 +2,16 @@
 //!
 //! `POST {invoke_path}` runs invocations; `GET /health` answers pings. Every request passes,
 //! in this order: the in-flight cap (503), the body limit while reading (413), the signature
-//! (401), the JSON parser (400), the `iat`/`exp` window (401), the replay cache (401), the
-//! method lookup (404) and the idempotency cache, before a handler runs.
+//! (401), the JSON parser (400) — what only HTTP can check — and then core's runner pipeline,
+//! the same for every transport ([`Dispatcher::handle`]): the `iat`/`exp` window (401), the
+//! replay cache (401), the method lookup (404) and the idempotency cache, before a handler runs.
 
-use crate::idempotency::{Begin, IdempotencyCache};
-use crate::replay::{ReplayCache, ReplayCheck};
 use crate::sign::{self, MAX_SKEW, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use async_trait::async_trait;
 use bytes::Bytes;
-use flame_core::codec::{InvocationRequest, InvocationResponse};
+use flame_core::codec::InvocationRequest;
 use flame_core::transport::now_millis;
-use flame_core::{Config, Dispatcher, Error, Result, RunnerServer, Secret};
+use flame_core::{Config, DispatchReply, Dispatcher, Error, Result, RunnerServer, Secret};
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
@@ -30,7 +29,6 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 /// The environment variable that lets a runner without a secret listen on a non-loopback
 /// address (`FLAME_ALLOW_INSECURE=true`).
@@ -61,14 +59,9 @@ pub struct ServerOptions {
     pub body_read_timeout: Duration,
     /// On shutdown, calls in flight get this long to finish. Default 30 s.
     pub drain_grace: Duration,
-    /// Clock skew accepted on `iat`/`exp` and health timestamps. Default 60 s.
+    /// Clock skew accepted on signed health timestamps. Default 60 s. (The envelope's window,
+    /// replay and idempotency bounds are core's: `flame_core::runner::RunnerLimits`.)
     pub max_skew: Duration,
-    /// Invocation ids remembered for replay rejection. Default 1 000 000.
-    pub replay_capacity: usize,
-    /// Idempotency keys remembered. Default 10 000.
-    pub idempotency_capacity: usize,
-    /// How long a finished idempotent call's reply is kept. Default 10 minutes.
-    pub idempotency_ttl: Duration,
     /// Listen on non-loopback addresses without a secret (`FLAME_ALLOW_INSECURE`). Default
     /// false.
     pub allow_insecure: bool,
@@ -95,9 +88,6 @@ impl Default for ServerOptions {
             body_read_timeout: Duration::from_secs(30),
             drain_grace: Duration::from_secs(30),
             max_skew: MAX_SKEW,
-            replay_capacity: 1_000_000,
-            idempotency_capacity: 10_000,
-            idempotency_ttl: Duration::from_secs(600),
             allow_insecure,
             announce: true,
             handle_signals: true,
@@ -128,12 +118,6 @@ impl ServerOptions {
         drain_grace: Duration);
     setter!(/// Sets [`ServerOptions::max_skew`].
         max_skew: Duration);
-    setter!(/// Sets [`ServerOptions::replay_capacity`].
-        replay_capacity: usize);
-    setter!(/// Sets [`ServerOptions::idempotency_capacity`].
-        idempotency_capacity: usize);
-    setter!(/// Sets [`ServerOptions::idempotency_ttl`].
-        idempotency_ttl: Duration);
     setter!(/// Sets [`ServerOptions::allow_insecure`].
         allow_insecure: bool);
     setter!(/// Sets [`ServerOptions::announce`].
@@ -149,9 +133,11 @@ impl ServerOptions {
 /// use flame_core::{Config, Dispatcher, Registry, RunnerServer};
 /// use std::sync::Arc;
 /// let dispatcher = Arc::new(Dispatcher::new(Registry::new(), "runner-1"));
-/// // Prints `FLAME_READY http://127.0.0.1:<port>`, serves until SIGTERM, then drains.
+/// let shutdown = tokio_util::sync::CancellationToken::new();
+/// // Prints `FLAME_READY http://127.0.0.1:<port>`, serves until `shutdown` fires, then drains.
+/// // (In runner mode `FlameBuilder::start` does this, and fires `shutdown` on SIGTERM.)
 /// flame_http::HttpServer::new()
-///     .serve(dispatcher, &Config::default(), tokio_util::sync::CancellationToken::new())
+///     .serve(dispatcher, &Config::default(), shutdown)
 ///     .await
 /// # }
 /// ```
@@ -183,6 +169,9 @@ impl HttpServer {
     }
 }
 
+/// As core's [`RunnerServer`] (what `FlameBuilder::start` uses in runner mode), the server
+/// installs no signal handler of its own: core's runner owns SIGTERM/Ctrl-C (it drains and fires
+/// `shutdown`), so one process has one handler.
 #[async_trait]
 impl RunnerServer for HttpServer {
     async fn serve(
@@ -191,7 +180,8 @@ impl RunnerServer for HttpServer {
         config: &Config,
         shutdown: CancellationToken,
     ) -> Result<()> {
-        let bound = self.bind(dispatcher, config).await?;
+        let options = self.options.clone().handle_signals(false);
+        let bound = BoundServer::bind(dispatcher, config, options).await?;
         if self.options.announce {
             bound.announce();
         }
@@ -199,10 +189,16 @@ impl RunnerServer for HttpServer {
     }
 }
 
-/// Serves `dispatcher` over HTTP with the default [`ServerOptions`]: binds, prints
-/// `FLAME_READY <url>`, serves until `shutdown` fires or SIGTERM/SIGINT arrives, drains, returns.
+/// Serves `dispatcher` over HTTP on its own (without a `Flame` runner around it) with the
+/// default [`ServerOptions`]: binds, prints `FLAME_READY <url>`, serves until `shutdown` fires
+/// or SIGTERM/SIGINT arrives, drains, returns.
 pub async fn serve(dispatcher: Arc<Dispatcher>, config: &Config, shutdown: CancellationToken) -> Result<()> {
-    HttpServer::new().serve(dispatcher, config, shutdown).await
+    let options = ServerOptions::default();
+    let bound = BoundServer::bind(dispatcher, config, options.clone()).await?;
+    if options.announce {
+        bound.announce();
+    }
+    bound.run(shutdown).await
 }
 
 /// The address a runner listens on: `config.listen`, else `127.0.0.1:0` when a parent spawned
@@ -249,10 +245,6 @@ struct State {
     max_body: usize,
     options: ServerOptions,
     in_flight: Arc<Semaphore>,
-    replay: ReplayCache,
-    idempotency: IdempotencyCache,
-    detached: TaskTracker,
-    hard_stop: CancellationToken,
 }
 
 impl BoundServer {
@@ -282,10 +274,6 @@ impl BoundServer {
             invoke_path: config.invoke_path.clone(),
             max_body: config.max_body_bytes,
             in_flight: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
-            replay: ReplayCache::new(options.replay_capacity),
-            idempotency: IdempotencyCache::new(options.idempotency_capacity, options.idempotency_ttl),
-            detached: TaskTracker::new(),
-            hard_stop: CancellationToken::new(),
             options,
         };
         Ok(BoundServer {
@@ -372,8 +360,7 @@ impl BoundServer {
         tracing::info!(in_flight = state.dispatcher.in_flight(), "flame runner draining");
         let drained = tokio::time::timeout_at(grace_end, async {
             graceful.shutdown().await;
-            state.detached.close();
-            state.detached.wait().await;
+            state.dispatcher.wait_detached().await;
         })
         .await;
         if drained.is_err() {
@@ -382,11 +369,10 @@ impl BoundServer {
                 "drain grace elapsed; cancelling the calls still in flight"
             );
         }
-        state.hard_stop.cancel();
+        state.dispatcher.stop_all();
         tasks.abort_all();
         while tasks.join_next().await.is_some() {}
-        state.detached.close();
-        let _ = tokio::time::timeout(Duration::from_millis(100), state.detached.wait()).await;
+        let _ = tokio::time::timeout(Duration::from_millis(100), state.dispatcher.wait_detached()).await;
         tracing::info!("flame runner stopped");
         Ok(())
     }
@@ -529,117 +515,21 @@ async fn invoke(state: Arc<State>, req: Request<Incoming>) -> Reply {
             return text(StatusCode::UNAUTHORIZED, "Invalid signature");
         }
     }
-    // 4. The envelope.
+    // 4. The envelope, then core's pipeline (window, replay, method, idempotency, handler).
     let Ok(request) = serde_json::from_slice::<InvocationRequest>(&body) else {
         return text(StatusCode::BAD_REQUEST, "Invalid JSON");
     };
-    // 5. The time window, then 6. replays inside it.
-    let now = now_millis();
-    let skew = state.options.max_skew;
-    if !sign::window_ok(request.iat, request.exp, now, skew) {
-        return text(StatusCode::UNAUTHORIZED, "Request expired");
-    }
-    let window_end = request.exp.saturating_add(skew.as_millis() as u64);
-    match state
-        .replay
-        .check_and_insert(&request.invocation_id, window_end, now)
-    {
-        ReplayCheck::Fresh => {}
-        ReplayCheck::Replayed => return text(StatusCode::UNAUTHORIZED, "Replayed request"),
-        ReplayCheck::Full => return overloaded(),
-    }
-    // Authenticated: the parent is alive.
-    state.dispatcher.note_parent_contact();
-    // 7. The method.
-    if !state
-        .dispatcher
-        .registry()
-        .contains(&request.service_id, &request.method_id)
-    {
-        return text(StatusCode::NOT_FOUND, "Not found");
-    }
-    // 8. Idempotency, then the handler.
-    match request.idempotency_key.clone() {
-        None => json(run_attached(&state, &request).await.0),
-        Some(key) => json(run_idempotent(&state, request, &key).await),
-    }
+    reply(state.dispatcher.handle(request).await)
 }
 
-/// Runs the handler inside this request: if the caller goes away, the handler's future is
-/// dropped and its cancellation fires.
-async fn run_attached(state: &State, request: &InvocationRequest) -> (Bytes, bool) {
-    let cancel = state.hard_stop.child_token();
-    let _on_drop = cancel.clone().drop_guard();
-    let result = state.dispatcher.invoke(request, cancel).await;
-    encode(result)
-}
-
-/// The reply envelope and whether it is a final outcome (success or a non-retryable error).
-fn encode(result: Result<String>) -> (Bytes, bool) {
-    let (response, keep) = match result {
-        Ok(text) => (InvocationResponse::success(text), true),
-        // The dispatcher already kept undisclosed details on the runner.
-        Err(err) => (InvocationResponse::failure(&err, true), !err.is_retryable()),
-    };
-    match serde_json::to_vec(&response) {
-        Ok(v) => (Bytes::from(v), keep),
-        Err(e) => {
-            let fallback = InvocationResponse::failure(
-                &Error::serialization(format!("cannot encode the reply: {e}")),
-                false,
-            );
-            (
-                Bytes::from(serde_json::to_vec(&fallback).unwrap_or_default()),
-                false,
-            )
-        }
+/// An HTTP response for a pipeline reply (503 gets `Retry-After`).
+fn reply(r: DispatchReply) -> Reply {
+    if r.status == 503 {
+        return overloaded();
     }
-}
-
-/// When the request's own deadline ends (as the dispatcher computes it).
-fn deadline_of(req: &InvocationRequest) -> Instant {
-    let until_exp = req.exp.saturating_sub(now_millis()).max(1);
-    let ms = req.timeout_ms.map_or(until_exp, |t| t.min(until_exp));
-    Instant::now() + Duration::from_millis(ms)
-}
-
-/// Runs a call with an idempotency key at most once per key: the first run is detached from
-/// its connection (a retry after a broken connection joins it), duplicates wait for it.
-async fn run_idempotent(state: &Arc<State>, request: InvocationRequest, key: &str) -> Bytes {
-    let deadline = deadline_of(&request);
-    let request = Arc::new(request);
-    loop {
-        match state
-            .idempotency
-            .begin(&request.service_id, &request.method_id, key)
-        {
-            Begin::Done(reply) => return reply,
-            Begin::Uncached => return run_attached(state, &request).await.0,
-            Begin::Wait(mut waiter) => match tokio::time::timeout_at(deadline, waiter.result()).await {
-                Ok(Some(reply)) => return reply,
-                Ok(None) => continue,
-                Err(_) => {
-                    return encode(Err(Error::new(
-                        flame_core::ErrorCode::Timeout,
-                        "the first run of this idempotency key did not finish before the deadline",
-                    )))
-                    .0
-                }
-            },
-            Begin::Run(recorder) => {
-                let st = state.clone();
-                let req = request.clone();
-                let run = state.detached.spawn(async move {
-                    let cancel = st.hard_stop.child_token();
-                    let (reply, keep) = encode(st.dispatcher.invoke(&req, cancel).await);
-                    recorder.finish(reply.clone(), keep);
-                    reply
-                });
-                match run.await {
-                    Ok(reply) => return reply,
-                    Err(e) => return encode(Err(Error::handler(format!("handler task failed: {e}")))).0,
-                }
-            }
-        }
-    }
+    let mut resp = Response::new(Full::new(r.body));
+    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, http::HeaderValue::from_static(r.content_type));
+    resp
 }

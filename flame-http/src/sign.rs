@@ -56,14 +56,6 @@ pub fn health_message(timestamp_ms: u64) -> String {
     format!("GET /health\n{timestamp_ms}")
 }
 
-/// Whether `iat`/`exp` (ms since epoch) are acceptable at `now`: `iat` not more than
-/// `skew` in the future, `exp` not more than `skew` in the past, and `exp > iat` (the
-/// reference's `validateWindow`).
-pub fn window_ok(iat: u64, exp: u64, now: u64, skew: Duration) -> bool {
-    let skew = skew.as_millis() as u64;
-    iat <= now.saturating_add(skew) && exp >= now.saturating_sub(skew) && exp > iat
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,16 +76,5 @@ mod tests {
         assert!(!verify(&s, b"x", "zz"));
         assert!(!verify(&s, b"x", "abcd"));
         assert!(!verify(&s, b"x", ""));
-    }
-
-    #[test]
-    fn window_rules() {
-        let skew = MAX_SKEW;
-        let now = 1_000_000_000;
-        assert!(window_ok(now, now + 1, now, skew));
-        assert!(!window_ok(now + 60_001, now + 70_000, now, skew));
-        assert!(!window_ok(now - 200_000, now - 60_001, now, skew));
-        assert!(!window_ok(now, now, now, skew));
-        assert!(window_ok(now - 100_000, now - 59_000, now, skew));
     }
 }

@@ -179,7 +179,7 @@ async fn connection_refused_is_not_delivered() {
         .unwrap_err();
     assert_eq!(err.code(), ErrorCode::Transport, "{err}");
     assert!(err.handler_never_ran(), "{err}");
-    assert!(flame_core::call::safe_to_retry(&err, false));
+    assert!(err.is_retryable(), "safe to retry without a key: {err}");
 }
 
 #[tokio::test]

@@ -120,8 +120,9 @@ use proc_macro::TokenStream;
 ///   the caller reads back with `err.app_error::<MyError>()`.
 /// - **Ids**: the service id is `#[flame::service(id = "...")]`, by default the trait name in
 ///   snake_case (`TextTools` → `text_tools`). A method's id is its name, or
-///   `#[flame(id = "...")]`; `#[flame(pool = "...")]` and `#[flame(timeout_ms = N)]` set the
-///   method's default pool and timeout (a call's `CallOptions` still override them).
+///   `#[flame(id = "...")]`; `#[flame(pool = "...")]`, `#[flame(timeout_ms = N)]` and
+///   `#[flame(retries = N)]` set the method's default pool, timeout and retry policy
+///   (`RetryPolicy::attempts(N + 1)`; a call's `CallOptions` still override them).
 /// - `#[flame::service(crate = "path")]` makes the generated code name `path::…` instead of
 ///   `::flame::…`, for a crate that reaches flame under another name.
 ///

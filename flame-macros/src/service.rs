@@ -80,12 +80,13 @@ fn parse_service_args(attr: TokenStream) -> syn::Result<ServiceArgs> {
     Ok(args)
 }
 
-/// The options of one method, from `#[flame(id = "...", pool = "...", timeout_ms = ...)]`.
+/// The options of one method, from `#[flame(id = "...", pool = "...", timeout_ms = ..., retries = ...)]`.
 #[derive(Default)]
 struct MethodArgs {
     id: Option<LitStr>,
     pool: Option<LitStr>,
     timeout_ms: Option<LitInt>,
+    retries: Option<LitInt>,
 }
 
 fn is_flame_attr(attr: &Attribute) -> bool {
@@ -133,9 +134,19 @@ fn parse_method_args(attrs: &[Attribute], errors: &mut Errors) -> MethodArgs {
                     }
                 }
                 args.timeout_ms = Some(lit);
+            } else if meta.path.is_ident("retries") {
+                twice(args.retries.is_some())?;
+                let lit: LitInt = meta.value()?.parse()?;
+                if lit.base10_parse::<u32>().is_err() {
+                    return Err(syn::Error::new(
+                        lit.span(),
+                        "`retries` is a whole number of retries after the first attempt (u32)",
+                    ));
+                }
+                args.retries = Some(lit);
             } else {
                 return Err(meta.error(
-                    "unknown `#[flame]` option: expected `id = \"...\"`, `pool = \"...\"` or `timeout_ms = N`",
+                    "unknown `#[flame]` option: expected `id = \"...\"`, `pool = \"...\"`, `timeout_ms = N` or `retries = N`",
                 ));
             }
             Ok(())
@@ -253,6 +264,7 @@ struct MethodDef {
     id: String,
     pool: Option<LitStr>,
     timeout_ms: Option<LitInt>,
+    retries: Option<LitInt>,
     takes_ctx: bool,
     /// Client-side parameter names and the wire argument types, in order.
     args: Vec<(Ident, Type)>,
@@ -412,6 +424,7 @@ fn check_method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
         id,
         pool: opts.pool,
         timeout_ms: opts.timeout_ms,
+        retries: opts.retries,
         takes_ctx,
         args,
         resp,
@@ -567,6 +580,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             id,
             pool,
             timeout_ms,
+            retries,
             args,
             resp,
             ..
@@ -574,6 +588,9 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         let tys = args.iter().map(|(_, t)| t);
         let pool = pool.as_ref().map(|p| quote!(.with_pool(#p)));
         let timeout = timeout_ms.as_ref().map(|t| quote!(.with_timeout_ms(#t)));
+        let retry = retries
+            .as_ref()
+            .map(|n| quote!(.with_retry(#krate::RetryPolicy::attempts(1 + #n))));
         let doc = format!(
             "`{service_id}`/`{id}`: the typed method handle of [`{trait_name}::{ident}`], usable \
              with `Flame::call` like any hand-written `Method`."
@@ -581,7 +598,7 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         quote! {
             #[doc = #doc]
             #vis const #const_ident: #krate::Method<(#(#tys,)*), #resp> =
-                #krate::Method::new(Self::SERVICE_ID, #id) #pool #timeout;
+                #krate::Method::new(Self::SERVICE_ID, #id) #pool #timeout #retry;
         }
     });
 
@@ -632,7 +649,12 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             ..
         } = m;
         let names: Vec<&Ident> = args.iter().map(|(n, _)| n).collect();
-        let tys = args.iter().map(|(_, t)| t);
+        let tys: Vec<&Type> = args.iter().map(|(_, t)| t).collect();
+        let spawn_ident = format_ident!("spawn_{}", ident);
+        let spawn_doc = format!(
+            "Starts [`Self::{ident}`] in the background and returns its `CallHandle` at once \
+             (join it, cancel it, or detach it: see `Flame::spawn`)."
+        );
         quote! {
             #(#docs)*
             #vis async fn #ident(&self, #(#names: #tys),*) -> #krate::Result<#resp> {
@@ -643,6 +665,15 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
                         ::core::clone::Clone::clone(&self.options),
                     )
                     .await
+            }
+
+            #[doc = #spawn_doc]
+            #vis fn #spawn_ident(&self, #(#names: #tys),*) -> #krate::CallHandle<#resp> {
+                self.flame.spawn_with(
+                    #service_ident::#const_ident,
+                    (#(#names,)*),
+                    ::core::clone::Clone::clone(&self.options),
+                )
             }
         }
     });

@@ -22,7 +22,36 @@
 //! # }).unwrap();
 //! ```
 
-pub use flame_core::*;
+// What an application uses. Plumbing for adapter and test authors is under [`raw`].
+pub use flame_core::{
+    CallHandle, CallOptions, Config, Context, Error, ErrorCode, Flame, FlameBuilder, LocalProcess,
+    MapOptions, Method, Mode, PlaceOptions, PlacedTask, PoolConfig, PoolEvent, PoolStats, Registry, Result,
+    RetryBudget, RetryPolicy, Secret,
+};
+
+/// Plumbing for adapter authors (transports, backends, pools, the runner dispatcher, the
+/// wire codec) and for tests: what an application does not need to name. The modules are
+/// `flame_core`'s own.
+pub mod raw {
+    pub use flame_core::backend::{
+        AddressResolver, Backend, ReapCandidate, ReapReason, ReapScope, RunnerAddress, RunnerHandle,
+        RunnerState, SpawnRequest,
+    };
+    pub use flame_core::pool::{
+        CheckoutOptions, ElasticPool, ElasticPoolBuilder, Lease, LeaseOutcome, Pool, RunnerTemplate,
+        StaticPool,
+    };
+    pub use flame_core::runner::{DispatchReply, Dispatcher, RunnerLimits, RunnerServer};
+    /// Test support (feature `testkit`): the in-memory transport, engine gating, the backend
+    /// conformance suite.
+    #[cfg(feature = "testkit")]
+    pub use flame_core::testkit;
+    pub use flame_core::transport::{Endpoint, Invocation, RunnerStatus, Transport};
+    pub use flame_core::CallDefaults;
+    pub use flame_core::{
+        backend, call, codec, config, context, error, method, pool, registry, runner, spawn_guard, transport,
+    };
+}
 
 /// The Fly.io backend (feature `fly`): each runner is a Fly Machine created from the parent's
 /// own image through the Machines API. See [`fly::FlyBackend`] and [`fly::FlyConfig`].

@@ -2,10 +2,9 @@
 //! parent-path tests as hand-written `Method` handlers, and speaks the same wire.
 #![allow(clippy::unwrap_used)]
 
-use flame::{
-    codec, CallOptions, Context, Dispatcher, Endpoint, ErrorCode, Flame, InMemoryTransport, Method, Mode,
-    Registry, StaticPool,
-};
+use flame::raw::testkit::InMemoryTransport;
+use flame::raw::{codec, Dispatcher, Endpoint, StaticPool};
+use flame::{CallOptions, Context, ErrorCode, Flame, Method, Mode, Registry};
 use serde::Serialize;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
@@ -59,6 +58,8 @@ fn ids_come_from_the_attributes_and_names() {
     assert_eq!(MathService::MUL.method_id(), "multiply");
     assert_eq!(MathService::MUL.timeout_ms(), Some(2000));
     assert_eq!(MathService::ADD.timeout_ms(), None);
+    assert_eq!(MathService::MUL.retry(), Some(flame::RetryPolicy::attempts(3)));
+    assert_eq!(MathService::ADD.retry(), None);
     assert_eq!(ImageToolsService::SERVICE_ID, "image_tools");
     assert_eq!(ImageToolsService::UPSCALE.pool(), Some("gpu"));
     assert_eq!(
@@ -120,6 +121,11 @@ async fn client_returns_results_in_local_mode() {
     assert_eq!(math.greet("ada".into(), None).await.unwrap(), "hello, ada");
     // The generated handles are ordinary methods.
     assert_eq!(flame.call(MathService::ADD, (1, 2)).await.unwrap(), 3);
+    // Each method also has a background twin: spawn_<method> returns a CallHandle.
+    let sum = math.spawn_add(20, 22);
+    let greeting = math.spawn_greet("grace".into(), None);
+    assert_eq!(sum.join().await.unwrap(), 42);
+    assert_eq!(greeting.join().await.unwrap(), "hello, grace");
     flame.shutdown().await.unwrap();
 }
 
@@ -246,11 +252,14 @@ async fn parent_path_round_trips_through_the_wire() {
 
 #[tokio::test]
 async fn runner_serves_bodies_exactly_as_the_reference_parent_writes_them() {
-    let d = Dispatcher::new(MathService::registry(MathImpl::default()), "r");
-    let now = flame::transport::now_millis();
+    let d = std::sync::Arc::new(Dispatcher::new(MathService::registry(MathImpl::default()), "r"));
+    // Every request is a fresh invocation: the runner pipeline rejects a replayed id.
+    let ids = std::sync::atomic::AtomicUsize::new(0);
+    let now = flame::raw::transport::now_millis();
     let body = |method: &str, args: &str| {
+        let id = ids.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         format!(
-            r#"{{"invocationId":"6f1c1f6e-5a43-4d0e-9d1c-2f6b8a9e0c11","serviceId":"math","methodId":"{method}","args":{},"iat":{now},"exp":{}}}"#,
+            r#"{{"invocationId":"6f1c1f6e-5a43-4d0e-9d1c-2f6b8a9e{id:04}","serviceId":"math","methodId":"{method}","args":{},"iat":{now},"exp":{}}}"#,
             serde_json::to_string(args).unwrap(),
             now + 60_000
         )

@@ -8,7 +8,8 @@ mod common;
 
 use common::*;
 use flame::http::{HttpServer, ServerOptions};
-use flame::{CallOptions, Config, Dispatcher, ErrorCode, Flame, Method, Mode, Registry, Secret};
+use flame::raw::Dispatcher;
+use flame::{CallOptions, Config, ErrorCode, Flame, Method, Mode, Registry, Secret};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;

@@ -20,6 +20,8 @@ pub fn envelope(service: &str, method: &str, args: &str) -> InvocationRequest {
         timeout_ms: Some(30_000),
         idempotency_key: None,
         trace: None,
+        attempt: None,
+        cast: None,
     }
 }
 

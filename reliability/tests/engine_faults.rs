@@ -302,9 +302,6 @@ async fn ecs(server: &MockServer) -> EcsBackend {
         .poll(PollSettings {
             describe_min: Duration::from_millis(20),
             describe_max: Duration::from_millis(100),
-            ping_min: Duration::from_millis(20),
-            ping_max: Duration::from_millis(100),
-            recheck_every: Duration::from_millis(150),
         })
         .retry(RetrySettings {
             max_attempts: 3,

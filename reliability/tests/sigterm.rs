@@ -10,7 +10,7 @@
 mod common;
 
 use common::*;
-use flame_core::{CallOptions, PoolConfig};
+use flame_core::{CallOptions, LocalProcess, PoolConfig};
 use flame_reliability::methods::{read_logs, Record, RECORD};
 use flame_reliability::procfs::{alive, signal, wait_until_async, KillByEnv};
 use std::time::{Duration, Instant};
@@ -54,7 +54,27 @@ async fn sigterm_under_load_drains_in_flight_calls_and_new_calls_go_elsewhere() 
     );
     tokio::time::sleep(Duration::from_millis(200)).await;
     let victim = p.runner_pids()[0];
+    let victim_addr = LocalProcess::command(rel_runner(), Vec::<String>::new())
+        .state_dir(p.state.path())
+        .records(&p.app)
+        .into_iter()
+        .find(|r| r.pid == victim)
+        .and_then(|r| r.url)
+        .expect("the victim's pid file names its URL")
+        .trim_start_matches("http://")
+        .to_owned();
     signal(victim, "TERM");
+    // Event-driven, not timed: the new calls start once the victim has begun to drain (it
+    // closes its listener first), however long a loaded machine takes to deliver the signal.
+    assert!(
+        wait_until_async(Duration::from_secs(20), || std::net::TcpStream::connect(
+            &victim_addr
+        )
+        .is_err())
+        .await
+        .is_some(),
+        "the victim never closed its listener after SIGTERM"
+    );
     let termed = Instant::now();
 
     // New calls while it drains: every one succeeds, on another runner.

@@ -7,14 +7,15 @@ use bollard::query_parameters::ListContainersOptionsBuilder;
 use bollard::Docker;
 use flame_backend_docker::{DockerBackend, DockerBackendBuilder, PullPolicy};
 use flame_core::backend::labels;
-use flame_core::{Endpoint, Invocation, Secret, SpawnRequest, Transport};
+use flame_core::backend::readiness::start_runner;
+use flame_core::{Backend, Endpoint, Invocation, RunnerHandle, Secret, SpawnRequest, Transport};
 use flame_http::HttpTransport;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// Label value every test container carries besides the `flame.*` labels.
@@ -281,8 +282,13 @@ pub fn spawn_request_with(
         labels: BTreeMap::new(),
         boot_timeout,
         secret: Some(secret),
-        prober: Arc::new(HttpTransport::new()),
     }
+}
+
+/// Starts a runner as a pool does: `spawn` places it, core's readiness probe pings it over
+/// HTTP until healthy (or ends it).
+pub async fn start(backend: &dyn Backend, request: SpawnRequest) -> flame_core::Result<RunnerHandle> {
+    start_runner(backend, request, &HttpTransport::new()).await
 }
 
 /// Calls `service/method` with `req` on `endpoint` over HTTP.
@@ -300,6 +306,7 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
         idempotency_key: None,
         trace: BTreeMap::new(),
         attempt: 1,
+        cast: false,
     };
     let text = HttpTransport::new().invoke(endpoint, &invocation).await?;
     flame_core::codec::decode_result(&text)

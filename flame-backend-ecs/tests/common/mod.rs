@@ -4,9 +4,10 @@
 
 use flame_backend_ecs::aws::Credentials;
 use flame_backend_ecs::{EcsBackendBuilder, PollSettings, RetrySettings};
+use flame_core::testkit::InMemoryTransport;
 use flame_core::{
-    codec, Context, Dispatcher, Endpoint, InMemoryTransport, Invocation, Method, Registry, RunnerAddress,
-    Secret, SpawnRequest, Transport,
+    codec, Context, Dispatcher, Endpoint, Invocation, Method, Registry, RunnerAddress, Secret, SpawnRequest,
+    Transport,
 };
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -114,9 +115,6 @@ pub fn fast_poll() -> PollSettings {
     PollSettings {
         describe_min: Duration::from_millis(20),
         describe_max: Duration::from_millis(100),
-        ping_min: Duration::from_millis(20),
-        ping_max: Duration::from_millis(100),
-        recheck_every: Duration::from_millis(150),
     }
 }
 
@@ -282,7 +280,7 @@ impl Runners {
 }
 
 /// A spawn request as a pool would make it.
-pub fn request(app: &str, parent: &str, prober: Arc<dyn Transport>, boot: Duration) -> SpawnRequest {
+pub fn request(app: &str, parent: &str, boot: Duration) -> SpawnRequest {
     let runner_id = format!("r-{}", uuid::Uuid::new_v4().simple());
     let secret = Secret::new("s3cret-for-tests");
     let env: BTreeMap<String, String> = [
@@ -313,8 +311,17 @@ pub fn request(app: &str, parent: &str, prober: Arc<dyn Transport>, boot: Durati
         labels,
         boot_timeout: boot,
         secret: Some(secret),
-        prober,
     }
+}
+
+/// Starts a runner as a pool does: `spawn` places the task, core's readiness probe pings its
+/// runner through `prober` until healthy (or ends it).
+pub async fn start(
+    backend: &dyn flame_core::Backend,
+    request: SpawnRequest,
+    prober: &dyn Transport,
+) -> flame_core::Result<flame_core::RunnerHandle> {
+    flame_core::backend::readiness::start_runner(backend, request, prober).await
 }
 
 /// Calls math.add through `transport` at `endpoint`.
@@ -327,6 +334,7 @@ pub async fn add(transport: &dyn Transport, endpoint: &Endpoint, a: i64, b: i64)
         idempotency_key: None,
         trace: Default::default(),
         attempt: 1,
+        cast: false,
     };
     let text = transport.invoke(endpoint, &inv).await.unwrap();
     codec::decode_result(&text).unwrap()
@@ -524,7 +532,7 @@ pub mod tasks {
             }
         }
 
-        /// The transport for these runners (also the backend's prober).
+        /// The transport for these runners (also the readiness probe's).
         pub fn transport(&self) -> Arc<dyn Transport> {
             Arc::new(self.clone())
         }

@@ -11,9 +11,10 @@
 #![allow(clippy::unwrap_used, dead_code)]
 
 use flame_backend_fly::{FlyBackend, FlyConfig, RetryPolicy};
+use flame_core::testkit::InMemoryTransport;
 use flame_core::{
-    AddressResolver, Config, Context, Dispatcher, Error, InMemoryTransport, Method, Registry, RunnerAddress,
-    Secret, SpawnRequest,
+    AddressResolver, Config, Context, Dispatcher, Error, Method, Registry, RunnerAddress, Secret,
+    SpawnRequest,
 };
 use flame_http::{HttpServer, ServerOptions};
 use serde_json::{json, Value};
@@ -675,6 +676,19 @@ impl FakeFly {
         );
     }
 
+    /// Waits (bounded) until the fake holds no machine; whether that happened. A spawn cut
+    /// off at its deadline destroys its machine from its drop guard, in the background.
+    pub async fn wait_no_machines(&self, within: Duration) -> bool {
+        let until = tokio::time::Instant::now() + within;
+        while !self.machine_ids().is_empty() {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
+    }
+
     pub fn unmatched(&self) -> Vec<String> {
         self.state.lock().unwrap().unmatched.clone()
     }
@@ -750,7 +764,7 @@ pub fn fast_retry() -> RetryPolicy {
     }
 }
 
-pub fn spawn_request(fake: &FakeFly, runner_id: &str, parent: &str, boot: Duration) -> SpawnRequest {
+pub fn spawn_request(runner_id: &str, parent: &str, boot: Duration) -> SpawnRequest {
     let mut env = BTreeMap::new();
     env.insert("FLAME_MODE".to_string(), "runner".to_string());
     env.insert("FLAME_LISTEN".to_string(), "127.0.0.1:0".to_string());
@@ -771,8 +785,17 @@ pub fn spawn_request(fake: &FakeFly, runner_id: &str, parent: &str, boot: Durati
         labels,
         boot_timeout: boot,
         secret: Some(Secret::new("runner-secret-1")),
-        prober: Arc::new(fake.runners()),
     }
+}
+
+/// Starts a runner as a pool does: `spawn` places the machine, core's readiness probe pings
+/// its runner through `prober` until healthy (or ends it).
+pub async fn start(
+    backend: &FlyBackend,
+    request: SpawnRequest,
+    prober: &dyn flame_core::Transport,
+) -> flame_core::Result<flame_core::RunnerHandle> {
+    flame_core::backend::readiness::start_runner(backend, request, prober).await
 }
 
 /// The error's every rendering (Display, Debug, details) must not hold the token.

@@ -34,7 +34,7 @@ use bytes::Bytes;
 use flame_backend_k8s::{K8sBackend, K8sConfig, RetryPolicy};
 use flame_core::{
     AddressResolver, Config, Context, Dispatcher, Error, Method, Registry, RunnerAddress, Secret,
-    SpawnRequest, Transport,
+    SpawnRequest,
 };
 use flame_http::{HttpServer, ServerOptions};
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
@@ -76,7 +76,8 @@ pub enum Plan {
     ImagePull,
     /// Stays Pending: `PodScheduled=False`, `Unschedulable`, with this scheduler message.
     Unschedulable(&'static str),
-    /// Runs (IP, no runner yet), then the container is OOMKilled (exit 137): phase Failed.
+    /// Runs (IP, no runner yet); once the parent asks for the Pod (`GET`: core's readiness
+    /// probe, after a ping that failed) the container is OOMKilled (exit 137): phase Failed.
     OomKilled,
     /// Waits with `CreateContainerConfigError` (a missing Secret).
     ConfigError,
@@ -1460,7 +1461,12 @@ async fn kubelet(state: Arc<Mutex<State>>, name: String, plan: Plan) {
             if !set_running(&mut state.lock().unwrap(), &name) {
                 return;
             }
-            step().await;
+            // Dies after the spawn has placed it: once the readiness probe asks about it.
+            let asked = format!("GET /api/v1/namespaces/{NS}/pods/{name}");
+            let until = Instant::now() + Duration::from_secs(20);
+            while !state.lock().unwrap().requests.contains(&asked) && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             set_terminated(&mut state.lock().unwrap(), &name, "Failed", "OOMKilled", 137);
         }
         Plan::RunsWithoutRunner => {
@@ -1822,12 +1828,7 @@ pub fn fast_retry() -> RetryPolicy {
 }
 
 /// A spawn request as a pool makes it (app [`APP`], pool `default`).
-pub fn spawn_request(
-    runner_id: &str,
-    parent: &str,
-    boot: Duration,
-    prober: Arc<dyn Transport>,
-) -> SpawnRequest {
+pub fn spawn_request(runner_id: &str, parent: &str, boot: Duration) -> SpawnRequest {
     let mut env = BTreeMap::new();
     env.insert("FLAME_MODE".to_string(), "runner".to_string());
     env.insert("FLAME_LISTEN".to_string(), "127.0.0.1:0".to_string());
@@ -1850,8 +1851,16 @@ pub fn spawn_request(
         labels,
         boot_timeout: boot,
         secret: Some(Secret::new("runner-secret-1")),
-        prober,
     }
+}
+
+/// Starts a runner as a pool does: `spawn` places the Pod, core's readiness probe pings its
+/// runner over HTTP until healthy (or deletes it).
+pub async fn start(
+    backend: &K8sBackend,
+    request: SpawnRequest,
+) -> flame_core::Result<flame_core::RunnerHandle> {
+    flame_core::backend::readiness::start_runner(backend, request, &flame_http::HttpTransport::new()).await
 }
 
 /// The Kubernetes error behind a backend error.

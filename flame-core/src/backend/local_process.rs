@@ -4,10 +4,12 @@
 //! - **Spawn** runs the program (by default [`std::env::current_exe`] with this process's own
 //!   arguments) with the request's environment plus `FLAME_PARENT_PID`, in its own process
 //!   group (a Ctrl-C in the terminal reaches the parent only; the parent then ends its runners
-//!   in order). It reads the child's stdout until the line `FLAME_READY <url>`, then pings the
-//!   URL through [`SpawnRequest::prober`] until it answers — all within `boot_timeout`, or the
-//!   child is killed and spawn fails with `SPAWN_TIMEOUT`. Later stdout/stderr lines go to
-//!   `tracing` (target `flame::runner`) with the runner id.
+//!   in order). It reads the child's stdout until the line `FLAME_READY <url>` (within
+//!   `boot_timeout`, else the child is killed and spawn fails with `SPAWN_TIMEOUT`) and returns
+//!   that endpoint; core's readiness probe then pings it until healthy. Later stdout/stderr
+//!   lines go to `tracing` (target `flame::runner`) with the runner id; the last stderr lines
+//!   and the exit status explain a runner that exited before it was ready
+//!   ([`Backend::exit_details`]).
 //! - **Children are forked from one long-lived thread** owned by this module. Linux's
 //!   `PR_SET_PDEATHSIG` (which the runner sets on itself, see [`crate::runner::failsafe`])
 //!   fires when the *thread* that forked the child exits; forking from tokio's worker or
@@ -62,7 +64,12 @@ struct Inner {
     state_dir: Option<PathBuf>,
     /// Children this backend started and has not ended, by pid.
     children: Mutex<HashMap<String, Child>>,
+    /// The last stderr lines of each child, by pid (for [`Backend::exit_details`]).
+    tails: Mutex<HashMap<String, Tail>>,
 }
+
+/// The last lines of a child's stderr.
+type Tail = Arc<Mutex<VecDeque<String>>>;
 
 impl std::fmt::Debug for LocalProcess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -120,6 +127,7 @@ impl LocalProcess {
                 grace: Duration::from_secs(5),
                 state_dir: None,
                 children: Mutex::new(HashMap::new()),
+                tails: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -136,6 +144,7 @@ impl LocalProcess {
                     grace: old.grace,
                     state_dir: old.state_dir.clone(),
                     children: Mutex::new(HashMap::new()),
+                    tails: Mutex::new(HashMap::new()),
                 };
                 f(&mut inner);
                 self.inner = Arc::new(inner);
@@ -216,6 +225,10 @@ impl LocalProcess {
         self.inner.children.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    fn tails(&self) -> std::sync::MutexGuard<'_, HashMap<String, Tail>> {
+        self.inner.tails.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn write_record(&self, app: &str, record: &PidRecord) {
         let dir = self.app_dir(app);
         let result = create_private_dir(&dir).and_then(|_| {
@@ -231,7 +244,14 @@ impl LocalProcess {
         let _ = std::fs::remove_file(self.app_dir(app).join(format!("{runner_id}.json")));
     }
 
-    async fn boot(&self, request: &SpawnRequest, child: &mut Child, deadline: Instant) -> Result<Endpoint> {
+    /// Reads the child's stdout until it announces `FLAME_READY <url>` (readiness itself is
+    /// core's probe); returns where it listens and its stderr tail.
+    async fn boot(
+        &self,
+        request: &SpawnRequest,
+        child: &mut Child,
+        deadline: Instant,
+    ) -> Result<(Endpoint, Tail)> {
         let runner = request.runner_id.clone();
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         if let Some(stderr) = child.stderr.take() {
@@ -283,38 +303,10 @@ impl LocalProcess {
             }
         };
         tokio::spawn(forward_lines(lines, runner.clone(), "stdout"));
-        let endpoint = Endpoint::new(url, runner.clone()).with_secret(request.secret.clone());
-        let mut delay = Duration::from_millis(5);
-        let mut last = String::from("no ping answered yet");
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return Err(Error::new(
-                    ErrorCode::SpawnTimeout,
-                    format!(
-                        "runner {runner} announced {} but did not answer a ping within the boot timeout of {:?}: {last}",
-                        endpoint.url, request.boot_timeout
-                    ),
-                ));
-            }
-            match tokio::time::timeout(left, request.prober.ping(&endpoint)).await {
-                Ok(Ok(status)) if status.ok => return Ok(endpoint),
-                Ok(Ok(_)) => last = "the runner said it is not ok".to_owned(),
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => continue,
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(Error::backend(
-                    format!(
-                        "runner {runner} exited ({status}) while booting{}",
-                        tail_text(&tail)
-                    ),
-                    false,
-                ));
-            }
-            tokio::time::sleep(delay.min(left)).await;
-            delay = (delay * 2).min(Duration::from_millis(100));
-        }
+        Ok((
+            Endpoint::new(url, runner).with_secret(request.secret.clone()),
+            tail,
+        ))
     }
 }
 
@@ -347,7 +339,7 @@ impl Backend for LocalProcess {
         })?;
         let pid = child.id().unwrap_or(0);
         match self.boot(&request, &mut child, deadline).await {
-            Ok(endpoint) => {
+            Ok((endpoint, tail)) => {
                 self.write_record(
                     &request.app,
                     &PidRecord {
@@ -360,7 +352,8 @@ impl Backend for LocalProcess {
                     },
                 );
                 self.children().insert(pid.to_string(), child);
-                tracing::debug!(target: "flame::backend", runner = %request.runner_id, pid, url = %endpoint.url, "runner process ready");
+                self.tails().insert(pid.to_string(), tail);
+                tracing::debug!(target: "flame::backend", runner = %request.runner_id, pid, url = %endpoint.url, "runner process announced itself");
                 Ok(RunnerHandle {
                     runner_id: request.runner_id,
                     backend_id: pid.to_string(),
@@ -376,7 +369,27 @@ impl Backend for LocalProcess {
         }
     }
 
+    async fn exit_details(&self, handle: &RunnerHandle) -> Option<String> {
+        let status = self
+            .children()
+            .get_mut(&handle.backend_id)
+            .and_then(|c| c.try_wait().ok().flatten())
+            .map(|s| format!("it exited ({s})"));
+        // Give the stderr forwarder a moment to collect the last lines.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let tail = self
+            .tails()
+            .get(&handle.backend_id)
+            .map(tail_text)
+            .unwrap_or_default();
+        match (status, tail.is_empty()) {
+            (None, true) => None,
+            (status, _) => Some(format!("{}{tail}", status.unwrap_or_else(|| "it stopped".into()))),
+        }
+    }
+
     async fn terminate(&self, handle: &RunnerHandle) -> Result<()> {
+        self.tails().remove(&handle.backend_id);
         let child = self.children().remove(&handle.backend_id);
         if let Some(mut child) = child {
             stop_child(&mut child, self.inner.grace).await?;
@@ -611,7 +624,7 @@ async fn forward_lines<R: tokio::io::AsyncBufRead + Unpin>(
     }
 }
 
-fn tail_text(tail: &Arc<Mutex<VecDeque<String>>>) -> String {
+fn tail_text(tail: &Tail) -> String {
     let t = tail.lock().unwrap_or_else(|p| p.into_inner());
     if t.is_empty() {
         String::new()

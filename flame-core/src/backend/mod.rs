@@ -2,6 +2,7 @@
 //! [`LocalProcess`], the embedded default backend.
 
 pub mod local_process;
+pub mod readiness;
 pub mod reap;
 
 pub use local_process::LocalProcess;
@@ -9,7 +10,7 @@ pub use reap::{ReapCandidate, ReapReason, ReapScope, ReapVerdict, SpareReason};
 
 use crate::config::Secret;
 use crate::error::Result;
-use crate::transport::{Endpoint, Transport};
+use crate::transport::Endpoint;
 use async_trait::async_trait;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -45,13 +46,12 @@ pub struct SpawnRequest {
     pub env: BTreeMap<String, String>,
     /// Labels / tags / metadata for the runner (at least app, pool, parent).
     pub labels: BTreeMap<String, String>,
-    /// The runner must answer `ping` within this time, or it is ended and spawn fails with
-    /// `SPAWN_TIMEOUT`.
+    /// The runner must be placed and answer a health ping within this time, or it is ended and
+    /// the start fails with `SPAWN_TIMEOUT` (core's [`readiness`] enforces it; a backend uses it
+    /// to bound its own waits).
     pub boot_timeout: Duration,
     /// The secret the runner verifies requests with.
     pub secret: Option<Secret>,
-    /// The transport used to `ping` the runner until it is healthy.
-    pub prober: Arc<dyn Transport>,
 }
 
 impl fmt::Debug for SpawnRequest {
@@ -128,8 +128,10 @@ pub trait Backend: Send + Sync + 'static {
     /// A short name for logs (`local`, `docker`, `ecs`, `fly`).
     fn name(&self) -> &str;
 
-    /// Starts a runner and returns once it answers `ping`; past `boot_timeout` it fails with
-    /// `SPAWN_TIMEOUT` and leaves nothing running.
+    /// Places a runner and returns once the engine says where it listens (its endpoint, with
+    /// the request's secret); readiness is not the backend's job: core's one probe,
+    /// [`readiness::start_runner`], pings it until healthy and ends it otherwise. A spawn that
+    /// fails, or whose future is dropped half-way, leaves nothing running.
     async fn spawn(&self, request: SpawnRequest) -> Result<RunnerHandle>;
 
     /// Ends a runner (graceful stop, then force). Idempotent: ending a gone runner is `Ok`.
@@ -137,6 +139,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The runner's state as the engine sees it.
     async fn status(&self, handle: &RunnerHandle) -> Result<RunnerState>;
+
+    /// What the engine knows about why a stopped runner stopped (exit status, last output,
+    /// stop reason), for the error of a runner that exited before it was ready. Default: none.
+    async fn exit_details(&self, _handle: &RunnerHandle) -> Option<String> {
+        None
+    }
 
     /// Ends the runners of `scope.app` that are provably orphaned — never a live parent's:
     /// list the app's runners as [`ReapCandidate`]s and end what [`ReapScope::select`] picks

@@ -22,7 +22,8 @@
 //! ```
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! use flame_core::backend::reap::{ReapCandidate, ReapReason, ReapScope, ReapVerdict};
-//! use flame_core::{InMemoryTransport, RunnerState};
+//! use flame_core::testkit::InMemoryTransport;
+//! use flame_core::{RunnerState};
 //! use std::sync::Arc;
 //! let scope = ReapScope::new("shop", "parent-b", Arc::new(InMemoryTransport::new()));
 //! let gone = ReapCandidate::new("r1", "c1", Some("parent-a".into()), RunnerState::Stopped, None);

@@ -36,6 +36,14 @@ pub struct InvocationRequest {
     /// Trace context, e.g. W3C `traceparent`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<BTreeMap<String, String>>,
+    /// The attempt number, 1 for the first (a flame-rs field; the TypeScript reference ignores
+    /// it and a request without it is attempt 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// A cast: acknowledge once accepted, run the handler in the background (a flame-rs
+    /// field; the reference ignores it and runs the call as usual).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cast: Option<bool>,
 }
 
 /// The error object of an `ok:false` response.

@@ -1,3 +1,4 @@
+use crate::call::{CallDefaults, RetryPolicy};
 use std::time::Duration;
 
 /// Settings of an elastic pool. Defaults follow Elixir FLAME (`lib/flame/pool.ex`).
@@ -21,8 +22,12 @@ pub struct PoolConfig {
     pub idle_shutdown_after: Duration,
     /// A runner that does not answer `ping` within this is ended. Default 30 s.
     pub boot_timeout: Duration,
-    /// Default timeout of calls through this pool. Default 30 s.
-    pub call_timeout: Duration,
+    /// Default timeout of calls through this pool, below the call's and the method's own
+    /// (see [`crate::call`]). Default `None`: the configuration's (`FLAME_REQUEST_TIMEOUT_MS`).
+    pub call_timeout: Option<Duration>,
+    /// Default retry policy of calls through this pool, below the call's and the method's own.
+    /// Default `None`: the configuration's ([`RetryPolicy::NONE`] unless set).
+    pub retry: Option<RetryPolicy>,
     /// Grace for calls in flight when the pool shuts down. Default 30 s.
     pub shutdown_timeout: Duration,
     /// Each runner serves one call, then is ended. Default false.
@@ -52,7 +57,8 @@ impl Default for PoolConfig {
             max_concurrency: 100,
             idle_shutdown_after: Duration::from_secs(30),
             boot_timeout: Duration::from_secs(30),
-            call_timeout: Duration::from_secs(30),
+            call_timeout: None,
+            retry: None,
             shutdown_timeout: Duration::from_secs(30),
             single_use: false,
             health_interval: Duration::from_secs(5),
@@ -92,8 +98,20 @@ impl PoolConfig {
     }
     /// Sets `call_timeout`.
     pub fn call_timeout(mut self, d: Duration) -> Self {
-        self.call_timeout = d;
+        self.call_timeout = Some(d);
         self
+    }
+    /// Sets the pool's retry policy.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = Some(policy);
+        self
+    }
+    /// What this pool contributes to a call's policy.
+    pub fn call_defaults(&self) -> CallDefaults {
+        CallDefaults {
+            timeout: self.call_timeout,
+            retry: self.retry,
+        }
     }
     /// Sets `shutdown_timeout`.
     pub fn shutdown_timeout(mut self, d: Duration) -> Self {

@@ -10,6 +10,7 @@ pub use config::PoolConfig;
 pub use elastic::{ElasticPool, ElasticPoolBuilder, PoolEvent, PoolEventHook, RunnerTemplate};
 pub use static_pool::StaticPool;
 
+use crate::call::CallDefaults;
 use crate::error::Result;
 use crate::transport::Endpoint;
 use async_trait::async_trait;
@@ -131,6 +132,18 @@ pub trait Pool: Send + Sync + 'static {
 
     /// A snapshot of the pool.
     fn stats(&self) -> PoolStats;
+
+    /// The timeout and retry policy calls through this pool get when neither the call nor its
+    /// method sets one (see [`crate::call`]). Default: none.
+    fn call_defaults(&self) -> CallDefaults {
+        CallDefaults::default()
+    }
+
+    /// How many calls the pool can run at once when fully grown, if it knows (what
+    /// [`Flame::map`](crate::Flame::map) keeps busy). Default: unknown.
+    fn capacity_hint(&self) -> Option<usize> {
+        None
+    }
 
     /// Stops leasing, waits up to `grace` for leases out, then ends every runner.
     async fn shutdown(&self, grace: Duration) -> Result<()>;

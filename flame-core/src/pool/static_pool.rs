@@ -1,4 +1,5 @@
 use super::{CheckoutOptions, Lease, LeaseOutcome, Pool, PoolStats};
+use crate::call::CallDefaults;
 use crate::error::{Error, ErrorCode, Result};
 use crate::transport::Endpoint;
 use async_trait::async_trait;
@@ -30,6 +31,7 @@ pub struct StaticPool {
     permits: Arc<Semaphore>,
     waiting: Arc<AtomicUsize>,
     epoch: Instant,
+    call_defaults: CallDefaults,
 }
 
 struct Slot {
@@ -66,7 +68,15 @@ impl StaticPool {
             permits: Arc::new(Semaphore::new(total)),
             waiting: Arc::new(AtomicUsize::new(0)),
             epoch: Instant::now(),
+            call_defaults: CallDefaults::default(),
         }
+    }
+
+    /// Sets the timeout and retry policy calls through this pool get when neither the call
+    /// nor its method sets one.
+    pub fn with_call_defaults(mut self, defaults: CallDefaults) -> Self {
+        self.call_defaults = defaults;
+        self
     }
 
     /// Claims a slot on the least-loaded runner, avoiding runners that just failed; the caller
@@ -110,6 +120,14 @@ impl Drop for Waiting {
 impl Pool for StaticPool {
     fn name(&self) -> &str {
         &self.name
+    }
+
+    fn call_defaults(&self) -> CallDefaults {
+        self.call_defaults
+    }
+
+    fn capacity_hint(&self) -> Option<usize> {
+        Some(self.runners.len().saturating_mul(self.max_concurrency))
     }
 
     async fn checkout(&self, options: &CheckoutOptions) -> Result<Lease> {

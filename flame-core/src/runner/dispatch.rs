@@ -1,15 +1,18 @@
+use super::pipeline::{deadline_of, Guards, RunnerLimits};
 use crate::codec::{self, InvocationRequest, InvocationResponse};
-use crate::context::Context;
+use crate::context::{Context, SharedState};
 use crate::error::{Error, Result};
 use crate::guard::run_guarded;
 use crate::registry::Registry;
-use crate::transport::{now_millis, RunnerStatus};
+use crate::telemetry;
+use crate::transport::RunnerStatus;
 use bytes::Bytes;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// A reply as a transport sends it: status, content type, body.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +59,8 @@ pub struct Dispatcher {
     last_contact_ms: AtomicU64,
     draining: AtomicBool,
     has_parent: bool,
+    pub(super) guards: Guards,
+    state: Option<SharedState>,
 }
 
 impl std::fmt::Debug for Dispatcher {
@@ -92,6 +97,8 @@ impl Dispatcher {
             last_contact_ms: AtomicU64::new(0),
             draining: AtomicBool::new(false),
             has_parent: false,
+            guards: Guards::new(RunnerLimits::default()),
+            state: None,
         }
     }
 
@@ -99,6 +106,23 @@ impl Dispatcher {
     pub fn with_expose_errors(mut self, expose: bool) -> Self {
         self.expose_errors = expose;
         self
+    }
+
+    /// Sets the runner state every handler's [`Context::state`] reaches.
+    pub fn with_state(mut self, state: Option<SharedState>) -> Self {
+        self.state = state;
+        self
+    }
+
+    /// Sets the bounds of the pipeline's checks (window skew, replay and idempotency caches).
+    pub fn with_limits(mut self, limits: RunnerLimits) -> Self {
+        self.guards = Guards::new(limits);
+        self
+    }
+
+    /// The bounds of the pipeline's checks.
+    pub fn limits(&self) -> &RunnerLimits {
+        &self.guards.limits
     }
 
     /// Marks this dispatcher as serving a runner a parent started (`FLAME_PARENT_ID`): its
@@ -172,42 +196,48 @@ impl Dispatcher {
             .then(|| self.since_parent_contact().as_millis() as u64)
     }
 
-    /// Handles a raw request body: 400 for malformed JSON, 404 for an unknown method, else 200
-    /// with the response envelope.
-    pub async fn dispatch_bytes(&self, body: &[u8]) -> DispatchReply {
+    /// Handles a raw request body (already authenticated by the transport): 400 for malformed
+    /// JSON, else [`Dispatcher::handle`].
+    pub async fn dispatch_bytes(self: &Arc<Self>, body: &[u8]) -> DispatchReply {
         match serde_json::from_slice::<InvocationRequest>(body) {
-            Ok(req) => self.dispatch_request(&req, CancellationToken::new()).await,
-            Err(e) => DispatchReply::text(400, format!("Invalid JSON: {e}")),
+            Ok(req) => self.handle(req).await,
+            Err(_) => DispatchReply::text(400, "Invalid JSON"),
         }
     }
 
-    /// Handles a decoded request. `cancel` fires if the caller goes away.
-    pub async fn dispatch_request(
-        &self,
-        req: &InvocationRequest,
-        cancel: CancellationToken,
-    ) -> DispatchReply {
-        if !self.registry.contains(&req.service_id, &req.method_id) {
-            return DispatchReply::text(
-                404,
-                format!("Unknown method {}/{}", req.service_id, req.method_id),
-            );
-        }
-        let response = match self.invoke(req, cancel).await {
-            Ok(text) => InvocationResponse::success(text),
-            Err(err) => InvocationResponse::failure(&err, self.expose_errors),
-        };
-        DispatchReply::envelope(&response)
-    }
-
-    /// Runs the handler for `req`; returns the superjson result text.
+    /// Runs the handler for `req` inside a `flame.invoke` span (a child of the caller's trace,
+    /// feature `opentelemetry`); returns the superjson result text.
     pub async fn invoke(&self, req: &InvocationRequest, cancel: CancellationToken) -> Result<String> {
+        let span = tracing::info_span!(
+            target: "flame",
+            "flame.invoke",
+            service = %req.service_id,
+            method = %req.method_id,
+            invocation_id = %req.invocation_id,
+            attempt = req.attempt.unwrap_or(1),
+            runner = %self.runner_id,
+            outcome = tracing::field::Empty,
+        );
+        if let Some(trace) = &req.trace {
+            telemetry::extract(&span, trace);
+        }
+        let started = Instant::now();
+        let result = self.run(req, cancel).instrument(span.clone()).await;
+        let outcome = telemetry::outcome(&result);
+        span.record("outcome", outcome);
+        telemetry::invoked(&req.service_id, &req.method_id, outcome, started.elapsed());
+        result
+    }
+
+    async fn run(&self, req: &InvocationRequest, cancel: CancellationToken) -> Result<String> {
         let entry = self.registry.lookup(&req.service_id, &req.method_id)?;
         let args = codec::decode_arg_values(&req.args)?;
         let ctx = Context::new(req.invocation_id.clone())
-            .with_deadline(deadline_of(req))
+            .with_deadline(Some(deadline_of(req)))
             .with_idempotency_key(req.idempotency_key.clone())
             .with_trace(req.trace.clone().unwrap_or_default())
+            .with_attempt(req.attempt.unwrap_or(1).max(1))
+            .with_state(self.state.clone())
             .with_cancellation(cancel);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let _guard = InFlight(&self.in_flight);
@@ -216,17 +246,6 @@ impl Dispatcher {
             .await
             .map_err(|e| redact(e, self.expose_errors))
     }
-}
-
-/// The handler's deadline: `timeoutMs` from now, and never past `exp`.
-fn deadline_of(req: &InvocationRequest) -> Option<Instant> {
-    let now = now_millis();
-    let until_exp = req.exp.saturating_sub(now);
-    let ms = match req.timeout_ms {
-        Some(t) => t.min(until_exp.max(1)),
-        None => until_exp.max(1),
-    };
-    Some(Instant::now() + Duration::from_millis(ms))
 }
 
 fn redact(err: Error, expose: bool) -> Error {

@@ -1,11 +1,16 @@
-//! The runner side: the [`Dispatcher`] that decodes an invocation, finds its handler, runs it
-//! with its deadline and encodes the reply; and the [`RunnerServer`] trait a transport
-//! implements to serve it.
+//! The runner side: the [`Dispatcher`] that takes an authenticated envelope through the one
+//! runner pipeline every transport shares (window, replay, idempotency: see [`Dispatcher::handle`]),
+//! runs its handler with its deadline and encodes the reply; and the [`RunnerServer`] trait a
+//! transport implements to serve it.
 
 mod dispatch;
 pub mod failsafe;
+pub mod idempotency;
+mod pipeline;
+pub mod replay;
 
 pub use dispatch::{DispatchReply, Dispatcher};
+pub use pipeline::{window_ok, RunnerLimits};
 
 use crate::config::Config;
 use crate::error::Result;

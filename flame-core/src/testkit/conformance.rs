@@ -4,12 +4,13 @@
 //! build a [`Subject`] — your backend, a transport that reaches the runners it starts, a
 //! factory of spawn requests for a runner that serves `math`/`add` (the `interop` example does),
 //! and a way to count what is left behind — then call [`run_all`] (or each check on its own).
+//! Every start goes through core's one readiness probe, [`start_runner`], as a pool's do.
 //! The checks panic with a message that says what broke, like assertions.
 //!
 //! | check | what must hold |
 //! |---|---|
-//! | [`spawn_ping_invoke_terminate`] | spawn returns a pingable endpoint with the request's secret; `math`/`add(2, 3)` is 5; after terminate the runner is `Stopped` and unreachable |
-//! | [`boot_timeout_leaves_nothing`] | a runner that never passes its health check fails spawn with `SPAWN_TIMEOUT` within about `boot_timeout`, and nothing is left |
+//! | [`spawn_ping_invoke_terminate`] | a start returns a pingable endpoint with the request's secret; `math`/`add(2, 3)` is 5; after terminate the runner is `Stopped` and unreachable |
+//! | [`boot_timeout_leaves_nothing`] | a runner that never passes its health check fails its start with `SPAWN_TIMEOUT` within about `boot_timeout`, and nothing is left |
 //! | [`terminate_is_idempotent`] | terminating twice, or a runner that is already gone, is `Ok` |
 //! | [`reap_spares_a_live_parents_runner`] | `reap` by another parent of the app never ends a runner whose parent is in touch: it still serves afterwards |
 //! | [`reap_ends_leftovers`] | `reap` ends a runner whose parent has been silent past the failsafe window, and keeps the reaping parent's own |
@@ -18,9 +19,9 @@
 //! ```no_run
 //! # async fn demo(my_backend: std::sync::Arc<dyn flame_core::Backend>, transport: std::sync::Arc<dyn flame_core::Transport>) {
 //! use flame_core::testkit::conformance::{self, Subject};
-//! let subject = Subject::new(my_backend, transport, |parent_id: &str, prober| {
+//! let subject = Subject::new(my_backend, transport, |parent_id: &str| {
 //!     // A request for a runner of app "conformance" that serves math/add.
-//!     conformance::default_request("conformance", parent_id, prober)
+//!     conformance::default_request("conformance", parent_id)
 //! })
 //! .leftovers(|req| {
 //!     let runner_id = req.runner_id.clone();
@@ -30,6 +31,7 @@
 //! # }
 //! ```
 
+use crate::backend::readiness::start_runner;
 use crate::backend::{Backend, ReapScope, RunnerHandle, RunnerState, SpawnRequest};
 use crate::config::Secret;
 use crate::error::{Error, ErrorCode, Result};
@@ -41,8 +43,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
-/// Makes a spawn request for parent `parent_id` whose health checks go through `prober`.
-pub type RequestFactory = Arc<dyn Fn(&str, Arc<dyn Transport>) -> SpawnRequest + Send + Sync>;
+/// Makes a spawn request for parent `parent_id`.
+pub type RequestFactory = Arc<dyn Fn(&str) -> SpawnRequest + Send + Sync>;
 
 /// Counts what the engine still holds for a request's runner (processes, containers, tasks,
 /// machines): 0 means nothing was left.
@@ -68,7 +70,7 @@ impl Subject {
     pub fn new(
         backend: Arc<dyn Backend>,
         transport: Arc<dyn Transport>,
-        request: impl Fn(&str, Arc<dyn Transport>) -> SpawnRequest + Send + Sync + 'static,
+        request: impl Fn(&str) -> SpawnRequest + Send + Sync + 'static,
     ) -> Self {
         Subject {
             backend,
@@ -94,8 +96,8 @@ impl Subject {
         self
     }
 
-    fn request(&self, parent_id: &str, prober: Arc<dyn Transport>) -> SpawnRequest {
-        let mut req = (self.request)(parent_id, prober);
+    fn request(&self, parent_id: &str) -> SpawnRequest {
+        let mut req = (self.request)(parent_id);
         req.boot_timeout = self.boot_timeout;
         req
     }
@@ -109,7 +111,7 @@ impl Subject {
 
     async fn spawn(&self, req: SpawnRequest) -> RunnerHandle {
         let id = req.runner_id.clone();
-        match self.backend.spawn(req).await {
+        match start_runner(&*self.backend, req, &*self.transport).await {
             Ok(h) => h,
             Err(e) => panic!("[{}] spawn of {id} failed: {e}", self.backend.name()),
         }
@@ -119,8 +121,8 @@ impl Subject {
 /// A request as an [`ElasticPool`](crate::pool::ElasticPool) makes it: app `app`, pool
 /// `conformance`, parent `parent_id`, a fresh secret, the `FLAME_*` environment, 60 s parent
 /// timeout.
-pub fn default_request(app: &str, parent_id: &str, prober: Arc<dyn Transport>) -> SpawnRequest {
-    RunnerTemplate::new(app, parent_id, Secret::generate(), prober)
+pub fn default_request(app: &str, parent_id: &str) -> SpawnRequest {
+    RunnerTemplate::new(app, parent_id, Secret::generate(), Arc::new(NeverHealthy))
         .parent_timeout(Duration::from_secs(60))
         .request("conformance", Duration::from_secs(30))
 }
@@ -169,7 +171,7 @@ pub async fn reap_spares_a_live_parents_runner(subject: &Subject) {
     let name = subject.backend.name().to_owned();
     let parent_a = format!("live-a-{}", uuid::Uuid::new_v4().simple());
     let parent_b = format!("live-b-{}", uuid::Uuid::new_v4().simple());
-    let req = subject.request(&parent_a, subject.transport.clone());
+    let req = subject.request(&parent_a);
     let runner = subject.spawn(req.clone()).await;
     let touch = KeepInTouch::start(subject.transport.clone(), runner.endpoint.clone());
     // Longer than the window: were A's pings not counted, B would find the runner orphaned.
@@ -208,6 +210,7 @@ fn add_invocation() -> Invocation {
         idempotency_key: None,
         trace: Default::default(),
         attempt: 1,
+        cast: false,
     }
 }
 
@@ -244,7 +247,7 @@ async fn assert_nothing_left(subject: &Subject, req: &SpawnRequest, within: Dura
 /// spawn → ping → invoke `math`/`add(2, 3)` → terminate → `Stopped`, unreachable, nothing left.
 pub async fn spawn_ping_invoke_terminate(subject: &Subject) {
     let name = subject.backend.name().to_owned();
-    let req = subject.request("conformance-parent", subject.transport.clone());
+    let req = subject.request("conformance-parent");
     let secret = req.secret.clone();
     let handle = subject.spawn(req.clone()).await;
     assert_eq!(
@@ -296,7 +299,7 @@ pub async fn spawn_ping_invoke_terminate(subject: &Subject) {
 /// Terminating twice (and a runner that is already gone) is `Ok`.
 pub async fn terminate_is_idempotent(subject: &Subject) {
     let name = subject.backend.name().to_owned();
-    let req = subject.request("conformance-parent", subject.transport.clone());
+    let req = subject.request("conformance-parent");
     let handle = subject.spawn(req.clone()).await;
     for round in 1..=2 {
         if let Err(e) = subject.backend.terminate(&handle).await {
@@ -333,13 +336,13 @@ impl Transport for NeverHealthy {
 /// its boot timeout (a short one: 3 s) and leaves nothing.
 pub async fn boot_timeout_leaves_nothing(subject: &Subject) {
     let name = subject.backend.name().to_owned();
-    let mut req = subject.request("conformance-parent", Arc::new(NeverHealthy));
+    let mut req = subject.request("conformance-parent");
     let boot = Duration::from_secs(3);
     req.boot_timeout = boot;
     let started = Instant::now();
     let result = tokio::time::timeout(
         boot * 4 + Duration::from_secs(10),
-        subject.backend.spawn(req.clone()),
+        start_runner(&*subject.backend, req.clone(), &NeverHealthy),
     )
     .await;
     let err = match result {
@@ -373,8 +376,8 @@ pub async fn reap_ends_leftovers(subject: &Subject) {
     let name = subject.backend.name().to_owned();
     let crashed = format!("crashed-{}", uuid::Uuid::new_v4().simple());
     let live = format!("live-{}", uuid::Uuid::new_v4().simple());
-    let old_req = subject.request(&crashed, subject.transport.clone());
-    let live_req = subject.request(&live, subject.transport.clone());
+    let old_req = subject.request(&crashed);
+    let live_req = subject.request(&live);
     let old = subject.spawn(old_req.clone()).await;
     let kept = subject.spawn(live_req.clone()).await;
     // The crashed parent says nothing more; let its silence pass the window.
@@ -406,13 +409,17 @@ pub async fn reap_ends_leftovers(subject: &Subject) {
 }
 
 /// `failing` is the backend under test pointed at an engine that refuses (wrong endpoint,
-/// missing image, bad credentials…): spawn must fail with a typed error — `BACKEND`,
+/// missing image, bad credentials…): a start must fail with a typed error — `BACKEND`,
 /// `SPAWN_TIMEOUT` or `CONFIG` — that names the problem and does not leak the secret.
-pub async fn engine_errors_are_typed(failing: &dyn Backend, request: SpawnRequest) {
+pub async fn engine_errors_are_typed(failing: &dyn Backend, request: SpawnRequest, prober: &dyn Transport) {
     let name = failing.name().to_owned();
     let secret = request.secret.clone();
     let boot = request.boot_timeout;
-    let outcome = tokio::time::timeout(boot * 2 + Duration::from_secs(30), failing.spawn(request)).await;
+    let outcome = tokio::time::timeout(
+        boot * 2 + Duration::from_secs(30),
+        start_runner(failing, request, prober),
+    )
+    .await;
     let err = match outcome {
         Err(_) => panic!("[{name}] spawn against a refusing engine hung"),
         Ok(Ok(h)) => {

@@ -4,9 +4,17 @@
 //! `FLAME_TEST_ENGINES=required` a missing engine fails the test; without it the test skips
 //! and prints why.
 //!
-//! [`conformance`] is the behaviour suite every backend's tests run (DESIGN.md §6).
+//! [`conformance`] is the behaviour suite every backend's tests run (DESIGN.md §6);
+//! [`InMemoryTransport`] hands envelopes to in-process dispatchers through the same runner
+//! pipeline as HTTP (window, replay, idempotency), so pools and the parent path are testable
+//! without sockets.
 
 pub mod conformance;
+mod memory;
+mod memory_backend;
+
+pub use memory::InMemoryTransport;
+pub use memory_backend::MemoryBackend;
 
 /// Whether engine tests must run (`FLAME_TEST_ENGINES=required`).
 pub fn engines_required() -> bool {

@@ -1,9 +1,5 @@
-//! How a parent reaches a runner: the [`Transport`] trait, the [`Invocation`] it carries, and
-//! an in-memory transport for tests.
-
-mod memory;
-
-pub use memory::InMemoryTransport;
+//! How a parent reaches a runner: the [`Transport`] trait and the [`Invocation`] it carries
+//! (an in-memory transport for tests is in `testkit`).
 
 use crate::codec::InvocationRequest;
 use crate::config::Secret;
@@ -60,6 +56,9 @@ pub struct Invocation {
     pub trace: BTreeMap<String, String>,
     /// Attempt number, 1 for the first.
     pub attempt: u32,
+    /// A cast ([`Flame::cast`](crate::Flame::cast)): the runner acknowledges once it accepted
+    /// the call and runs the handler on its own.
+    pub cast: bool,
 }
 
 /// The reference's expiry window when a call has no timeout.
@@ -86,6 +85,8 @@ impl Invocation {
             timeout_ms,
             idempotency_key: self.idempotency_key.clone(),
             trace: (!self.trace.is_empty()).then(|| self.trace.clone()),
+            attempt: Some(self.attempt),
+            cast: self.cast.then_some(true),
         }
     }
 }

@@ -2,9 +2,10 @@
 #![allow(dead_code)]
 use async_trait::async_trait;
 use flame_core::pool::{ElasticPool, PoolEvent, RunnerTemplate};
+use flame_core::testkit::InMemoryTransport;
 use flame_core::{
-    Backend, Dispatcher, Endpoint, Error, ErrorCode, InMemoryTransport, PoolConfig, ReapScope, Registry,
-    RunnerHandle, RunnerState, RunnerStatus, Secret, SpawnRequest, Transport,
+    Backend, Dispatcher, Endpoint, Error, ErrorCode, PoolConfig, ReapScope, Registry, RunnerHandle,
+    RunnerState, RunnerStatus, Secret, SpawnRequest, Transport,
 };
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -227,6 +227,7 @@ pub fn invocation<Req: serde::Serialize, Resp>(
         idempotency_key: None,
         trace: BTreeMap::new(),
         attempt: 1,
+        cast: false,
     }
 }
 

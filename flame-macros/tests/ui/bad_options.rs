@@ -15,7 +15,7 @@ trait C {
     async fn zero(&self) -> flame::Result<()>;
     #[flame(pool = "gpu", pool = "cpu")]
     async fn twice(&self) -> flame::Result<()>;
-    #[flame(retries = 3)]
+    #[flame(priority = 3)]
     async fn unknown(&self) -> flame::Result<()>;
     #[flame(timeout_ms = "5s")]
     async fn text(&self) -> flame::Result<()>;

@@ -37,8 +37,8 @@ impl From<Declined> for Error {
 pub trait Math {
     /// `math`/`add`: two positional arguments.
     async fn add(&self, a: i64, b: i64) -> Result<i64, Error>;
-    /// Renamed on the wire, with a default timeout.
-    #[flame(id = "multiply", timeout_ms = 2000)]
+    /// Renamed on the wire, with a default timeout and retry policy.
+    #[flame(id = "multiply", timeout_ms = 2000, retries = 2)]
     async fn mul(&self, a: f64, b: f64) -> flame::Result<f64>;
     /// Takes the context: sleeps `ms` unless cancelled first.
     async fn slow(&self, ctx: Context, ms: u64) -> flame::Result<String>;

@@ -81,6 +81,7 @@ pub async fn call_endpoint<Req: Serialize, Resp: DeserializeOwned>(
         idempotency_key: None,
         trace: BTreeMap::new(),
         attempt: 1,
+        cast: false,
     };
     let text = transport.invoke(endpoint, &invocation).await?;
     codec::decode_result(&text)

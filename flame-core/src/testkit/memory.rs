@@ -1,10 +1,12 @@
 //! A transport that hands the encoded request to a [`Dispatcher`] in the same process, byte
-//! for byte the wire format, so pools and the parent path are testable without sockets.
+//! for byte the wire format, through the same runner pipeline as HTTP (window, replay,
+//! idempotency: [`Dispatcher::handle`]), so pools and the parent path are testable without
+//! sockets.
 
-use super::{error_for_status, Endpoint, Invocation, RunnerStatus, Transport};
 use crate::codec::InvocationResponse;
 use crate::error::{Error, Result};
 use crate::runner::Dispatcher;
+use crate::transport::{error_for_status, Endpoint, Invocation, RunnerStatus, Transport};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -13,7 +15,8 @@ use std::sync::{Arc, RwLock};
 ///
 /// ```
 /// # tokio_test_block(async {
-/// use flame_core::{codec, Context, Dispatcher, Endpoint, InMemoryTransport, Invocation, Method, Registry, Transport};
+/// use flame_core::testkit::InMemoryTransport;
+/// use flame_core::{codec, Context, Dispatcher, Endpoint, Invocation, Method, Registry, Transport};
 /// const ADD: Method<(i64, i64), i64> = Method::new("math", "add");
 /// let registry = Registry::new().handle(ADD, |_c: Context, (a, b): (i64, i64)| async move { Ok(a + b) });
 /// let transport = InMemoryTransport::new();
@@ -21,7 +24,7 @@ use std::sync::{Arc, RwLock};
 /// let inv = Invocation {
 ///     service_id: "math".into(), method_id: "add".into(),
 ///     args: codec::encode_args(&(2i64, 3i64)).unwrap(),
-///     deadline: None, idempotency_key: None, trace: Default::default(), attempt: 1,
+///     deadline: None, idempotency_key: None, trace: Default::default(), attempt: 1, cast: false,
 /// };
 /// let text = transport.invoke(&Endpoint::new("mem://r1", "r1"), &inv).await.unwrap();
 /// assert_eq!(text, r#"{"json":5}"#);
@@ -58,6 +61,18 @@ impl InMemoryTransport {
     /// Stops serving `url` (later calls fail as if the connection was refused).
     pub fn remove(&self, url: &str) -> Option<Arc<Dispatcher>> {
         self.runners.write().ok()?.remove(url.trim_end_matches('/'))
+    }
+
+    /// Hands `body` (an encoded envelope, as a transport would after checking its signature)
+    /// to the runner at `url` as it is: for tests of what the pipeline does with replayed,
+    /// stale or malformed envelopes.
+    pub async fn send_raw(&self, url: &str, body: &[u8]) -> Result<crate::runner::DispatchReply> {
+        Ok(self.get(url)?.dispatch_bytes(body).await)
+    }
+
+    /// Whether a runner serves `url`.
+    pub fn serves(&self, url: &str) -> bool {
+        self.get(url).is_ok()
     }
 
     fn get(&self, url: &str) -> Result<Arc<Dispatcher>> {

@@ -24,7 +24,7 @@ pub enum ReplayCheck {
 /// Remembers invocation ids until their expiry (milliseconds since the epoch).
 ///
 /// ```
-/// use flame_http::replay::{ReplayCache, ReplayCheck};
+/// use flame_core::runner::replay::{ReplayCache, ReplayCheck};
 /// let cache = ReplayCache::new(100);
 /// assert_eq!(cache.check_and_insert("id-1", 2_000, 1_000), ReplayCheck::Fresh);
 /// assert_eq!(cache.check_and_insert("id-1", 2_000, 1_500), ReplayCheck::Replayed);

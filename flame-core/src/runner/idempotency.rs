@@ -53,7 +53,7 @@ impl State {
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-/// use flame_http::idempotency::{Begin, IdempotencyCache};
+/// use flame_core::runner::idempotency::{Begin, IdempotencyCache};
 /// use std::time::Duration;
 /// let cache = IdempotencyCache::new(100, Duration::from_secs(60));
 /// let Begin::Run(run) = cache.begin("math", "add", "k1") else { panic!() };

@@ -1,33 +1,31 @@
-//! The [`Flame`] handle and its builder.
+//! [`FlameBuilder`]: registry, pools, backends, transport and configuration, then `start`.
 
-use crate::backend::{Backend, LocalProcess, ReapScope};
-use crate::call::{backoff, safe_to_retry, CallOptions};
-use crate::codec;
+use super::{no_transport, Flame, Inner};
+use crate::background::{CastError, CastErrorHook};
+use crate::context::SharedState;
+
+use crate::backend::{Backend, LocalProcess};
+use crate::call::{BudgetState, RetryPolicy};
 use crate::config::{Config, Mode, Secret};
-use crate::context::Context;
-use crate::error::{Error, ErrorCode, Result};
-use crate::guard::run_guarded;
-use crate::method::Method;
-use crate::pool::{
-    CheckoutOptions, ElasticPool, LeaseOutcome, Pool, PoolConfig, PoolEvent, PoolEventHook, RunnerTemplate,
-    StaticPool,
-};
+use crate::error::{Error, Result};
+use crate::pool::{ElasticPool, Pool, PoolConfig, PoolEvent, PoolEventHook, RunnerTemplate, StaticPool};
 use crate::registry::Registry;
 use crate::runner::failsafe::Failsafe;
 use crate::runner::{Dispatcher, RunnerServer};
 use crate::spawn_guard;
-use crate::transport::{Endpoint, Invocation, Transport};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
+use crate::transport::{Endpoint, Transport};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 type Override = Box<dyn Fn(&mut Config) + Send + Sync>;
+/// A pool declared with [`FlameBuilder::pool`] or [`FlameBuilder::pool_with`] (its own backend).
+type DeclaredPool = (String, PoolConfig, Option<Arc<dyn Backend>>);
+/// Builds the runner state (see [`FlameBuilder::runner_state`]).
+type StateInit = Box<dyn FnOnce() -> futures::future::BoxFuture<'static, Result<SharedState>> + Send>;
 
 /// Builds a [`Flame`]: registry, pools, backend, transport, configuration.
 ///
@@ -65,21 +63,49 @@ pub struct FlameBuilder {
     config: Config,
     overrides: Vec<Override>,
     app: Option<String>,
-    pool_configs: Vec<(String, PoolConfig)>,
+    pool_configs: Vec<DeclaredPool>,
     pools: Vec<Arc<dyn Pool>>,
     backend: Option<Arc<dyn Backend>>,
+    state_init: Option<StateInit>,
+    shutdown_timeout: Duration,
     transport: Option<Arc<dyn Transport>>,
     server: Option<Arc<dyn RunnerServer>>,
     explicit_mode: bool,
     env_mode: bool,
     default_mode: Option<Mode>,
     pool_hooks: Vec<PoolEventHook>,
+    cast_hooks: Vec<CastErrorHook>,
     handle_signals: bool,
     runner_env: BTreeMap<String, String>,
     nested_depth: Option<u32>,
 }
 
 impl FlameBuilder {
+    /// A builder over `registry` with defaults (see [`Flame::builder`]).
+    pub(super) fn new(registry: Registry) -> FlameBuilder {
+        FlameBuilder {
+            registry,
+            config: Config::default(),
+            overrides: Vec::new(),
+            app: None,
+            pool_configs: Vec::new(),
+            pools: Vec::new(),
+            backend: None,
+            state_init: None,
+            shutdown_timeout: Duration::from_secs(30),
+            transport: None,
+            server: None,
+            explicit_mode: false,
+            env_mode: false,
+            default_mode: None,
+            pool_hooks: Vec::new(),
+            cast_hooks: Vec::new(),
+            handle_signals: true,
+            runner_env: BTreeMap::new(),
+            nested_depth: None,
+        }
+    }
+
     fn set(mut self, f: impl Fn(&mut Config) + Send + Sync + 'static) -> Self {
         f(&mut self.config);
         self.overrides.push(Box::new(f));
@@ -121,6 +147,13 @@ impl FlameBuilder {
     /// `grow_end`, `shrink`, `runner_down`); they are also `tracing` events.
     pub fn on_pool_event(mut self, hook: impl Fn(&PoolEvent) + Send + Sync + 'static) -> Self {
         self.pool_hooks.push(Arc::new(hook));
+        self
+    }
+
+    /// Calls `hook` for every cast ([`Flame::cast`]) that could not be delivered (after its
+    /// retries); such failures are also logged with `tracing` (target `flame::cast`).
+    pub fn on_cast_error(mut self, hook: impl Fn(&CastError) + Send + Sync + 'static) -> Self {
+        self.cast_hooks.push(Arc::new(hook));
         self
     }
 
@@ -178,9 +211,14 @@ impl FlameBuilder {
         Ok(())
     }
 
-    /// Sets the default call timeout.
+    /// Sets the default call timeout (the last in the precedence of [`crate::call`]).
     pub fn request_timeout(self, timeout: Duration) -> Self {
         self.set(move |c| c.request_timeout = timeout)
+    }
+
+    /// Sets the default retry policy (the last in the precedence of [`crate::call`]).
+    pub fn default_retry(self, policy: RetryPolicy) -> Self {
+        self.set(move |c| c.retry = policy)
     }
 
     /// Sets static runner URLs for parent mode.
@@ -196,8 +234,67 @@ impl FlameBuilder {
 
     /// Declares an elastic pool grown through the backend.
     pub fn pool(mut self, name: impl Into<String>, config: PoolConfig) -> Self {
-        self.pool_configs.push((name.into(), config));
+        self.pool_configs.push((name.into(), config, None));
         self
+    }
+
+    /// Declares an elastic pool grown through a backend of its own — e.g. `default` on
+    /// LocalProcess while `gpu` runs on ECS or Docker with other resources. It keeps every
+    /// guarantee of the default path: the runner environment, parent id, failsafe, spawn fences,
+    /// and reap when a parent starts.
+    pub fn pool_with(mut self, name: impl Into<String>, config: PoolConfig, backend: impl Backend) -> Self {
+        self.pool_configs
+            .push((name.into(), config, Some(Arc::new(backend))));
+        self
+    }
+
+    /// Builds the runner state once per runner process — in runner mode before the runner
+    /// announces itself, in local mode in [`FlameBuilder::start`], never in a parent — and hands
+    /// it to every handler as [`Context::state`](crate::Context::state). A failing `init` fails
+    /// the runner's boot with its error (the parent sees it in the start's error); the state is
+    /// dropped when the runner stops.
+    ///
+    /// ```no_run
+    /// # async fn run(registry: flame_core::Registry) -> flame_core::Result<()> {
+    /// struct Model { weights: Vec<f32> }
+    /// let flame = flame_core::Flame::builder(registry)
+    ///     .runner_state(|| async { Ok(Model { weights: vec![0.5; 1024] }) })
+    ///     .start()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn runner_state<T, F, Fut>(mut self, init: F) -> Self
+    where
+        T: Send + Sync + 'static,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        self.state_init = Some(Box::new(move || {
+            Box::pin(async move { init().await.map(|t| Arc::new(t) as SharedState) })
+        }));
+        self
+    }
+
+    /// How long [`Flame::shutdown`] waits for calls in flight — detached background calls
+    /// included — before it cancels them. Default 30 s.
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    async fn build_state(&mut self) -> Result<Option<SharedState>> {
+        match self.state_init.take() {
+            None => Ok(None),
+            Some(init) => init().await.map(Some).map_err(|e| {
+                let e = Error::new(
+                    e.code(),
+                    format!("building the runner state failed: {}", e.message()),
+                )
+                .with_retryable(false);
+                tracing::error!(target: "flame::runner", error = %e, "runner state");
+                e
+            }),
+        }
     }
 
     /// Adds a ready-made pool (e.g. a [`StaticPool`]); it wins over a declared pool of the
@@ -259,13 +356,24 @@ impl FlameBuilder {
             std::process::exit(0);
         }
         let handle_signals = self.handle_signals;
-        let flame = self.build()?;
-        if let (Some(backend), Some(scope)) = (flame.inner.backend.clone(), flame.reap_scope()) {
-            tokio::spawn(async move {
-                if let Err(e) = backend.reap(&scope).await {
-                    tracing::warn!(target: "flame::pool", error = %e, "reaping runners of an earlier parent failed");
-                }
-            });
+        // Local mode runs handlers here: they get the runner state too (a parent never builds it).
+        let state = match self.config.mode {
+            Mode::Local => self.build_state().await?,
+            _ => None,
+        };
+        let mut flame = self.build()?;
+        if let Some(inner) = Arc::get_mut(&mut flame.inner) {
+            inner.state = state;
+        }
+        if let Some(scope) = flame.reap_scope() {
+            for backend in flame.inner.backends.clone() {
+                let scope = scope.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = backend.reap(&scope).await {
+                        tracing::warn!(target: "flame::pool", backend = backend.name(), error = %e, "reaping runners of an earlier parent failed");
+                    }
+                });
+            }
             if handle_signals {
                 flame.shutdown_on_signal();
             }
@@ -281,16 +389,21 @@ impl FlameBuilder {
         self.serve(false).await
     }
 
-    async fn serve(self, exiting: bool) -> Result<()> {
+    async fn serve(mut self, exiting: bool) -> Result<()> {
         self.registry.check()?;
+        let state = self.build_state().await?;
         let server = self.server.clone().ok_or_else(|| {
-            Error::config("runner mode needs a server: enable the `http` feature of `flame`")
+            Error::config(
+                "runner mode needs a server: build with `flame::builder(registry)` (HTTP, the `http` feature, on by default) \
+                 or give one with `.server(..)` (e.g. `flame_http::HttpExt::http`)",
+            )
         })?;
         let runner_id = std::env::var("FLAME_RUNNER_ID").unwrap_or_else(|_| uuid::Uuid::new_v4().to_string());
         let dispatcher = Arc::new(
             Dispatcher::new(self.registry, runner_id)
                 .with_expose_errors(self.config.expose_errors)
-                .with_parent(self.config.parent_id.is_some()),
+                .with_parent(self.config.parent_id.is_some())
+                .with_state(state),
         );
         let shutdown = CancellationToken::new();
         let watchdog = Failsafe::from_config(&self.config).map(|f| {
@@ -334,21 +447,19 @@ impl FlameBuilder {
         let mut pools: HashMap<String, Arc<dyn Pool>> = HashMap::new();
         let parent_id = uuid::Uuid::new_v4().to_string();
         let app = self.app.clone().unwrap_or_else(default_app_name);
-        let mut elastic_backend = None;
+        let mut backends: Vec<Arc<dyn Backend>> = Vec::new();
         let mut max_boot = Duration::ZERO;
         if self.config.mode == Mode::Parent {
             let transport_needed = self.transport.is_none();
             if transport_needed {
-                return Err(Error::config(
-                    "parent mode needs a transport: enable the `http` feature of `flame`",
-                ));
+                return Err(no_transport());
             }
-            let max_conc = |name: &str| {
+            let declared = |name: &str| {
                 self.pool_configs
                     .iter()
-                    .find(|(n, _)| n == name)
-                    .map(|(_, c)| c.max_concurrency)
-                    .unwrap_or(100)
+                    .find(|(n, _, _)| n == name)
+                    .map(|(_, c, _)| c.clone())
+                    .unwrap_or_default()
             };
             if !self.config.runner_urls.is_empty() {
                 let endpoints: Vec<Endpoint> = self
@@ -361,32 +472,35 @@ impl FlameBuilder {
                             .with_secret(self.config.secret.clone())
                     })
                     .collect();
-                let mut names: Vec<String> = self.pool_configs.iter().map(|(n, _)| n.clone()).collect();
+                let mut names: Vec<String> = self.pool_configs.iter().map(|(n, _, _)| n.clone()).collect();
                 names.push(self.config.default_pool.clone());
                 for name in names {
-                    let pool = StaticPool::new(name.clone(), endpoints.clone(), max_conc(&name));
+                    let config = declared(&name);
+                    let pool = StaticPool::new(name.clone(), endpoints.clone(), config.max_concurrency)
+                        .with_call_defaults(config.call_defaults());
                     pools.insert(name, Arc::new(pool));
                 }
             } else {
                 let declared = if self.pool_configs.is_empty() {
-                    vec![(self.config.default_pool.clone(), PoolConfig::default())]
+                    vec![(self.config.default_pool.clone(), PoolConfig::default(), None)]
                 } else {
                     self.pool_configs.clone()
                 };
-                for (name, pool_config) in declared {
+                let default_backend = self
+                    .backend
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(LocalProcess::current_exe()));
+                for (name, pool_config, own_backend) in declared {
                     if self.pools.iter().any(|p| p.name() == name) || pools.contains_key(&name) {
                         continue;
                     }
                     let Some(transport) = self.transport.clone() else {
                         continue;
                     };
-                    let backend = elastic_backend
-                        .get_or_insert_with(|| {
-                            self.backend
-                                .clone()
-                                .unwrap_or_else(|| Arc::new(LocalProcess::current_exe()))
-                        })
-                        .clone();
+                    let backend = own_backend.unwrap_or_else(|| default_backend.clone());
+                    if !backends.iter().any(|b| Arc::ptr_eq(b, &backend)) {
+                        backends.push(backend.clone());
+                    }
                     let mut template =
                         RunnerTemplate::new(app.clone(), parent_id.clone(), Secret::generate(), transport)
                             .parent_timeout(self.config.parent_timeout);
@@ -407,8 +521,10 @@ impl FlameBuilder {
         for pool in self.pools {
             pools.insert(pool.name().to_owned(), pool);
         }
+        let budgets = pools.keys().map(|n| (n.clone(), BudgetState::new())).collect();
         Ok(Flame {
             inner: Arc::new(Inner {
+                budgets,
                 registry: Arc::new(self.registry),
                 config: self.config,
                 pools,
@@ -416,10 +532,14 @@ impl FlameBuilder {
                 in_flight: AtomicUsize::new(0),
                 drained: Notify::new(),
                 closed: AtomicBool::new(false),
-                backend: elastic_backend,
+                backends,
                 app,
                 parent_id,
                 max_boot,
+                shutdown_timeout: self.shutdown_timeout,
+                cast_hooks: self.cast_hooks,
+                state: None,
+                background: CancellationToken::new(),
             }),
         })
     }
@@ -435,7 +555,7 @@ fn default_app_name() -> String {
 }
 
 /// Waits for Ctrl-C or (on Unix) `SIGTERM`; returns the signal's name.
-async fn terminate_signal() -> &'static str {
+pub(crate) async fn terminate_signal() -> &'static str {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
@@ -455,334 +575,4 @@ async fn terminate_signal() -> &'static str {
         let _ = tokio::signal::ctrl_c().await;
         "SIGINT"
     }
-}
-
-/// The handle an application calls through. Cheap to clone.
-///
-/// ```
-/// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
-/// use flame_core::{CallOptions, Context, Flame, Method, Mode, Registry};
-/// use std::time::Duration;
-/// const WORDS: Method<String, usize> = Method::new("text", "words");
-/// let registry = Registry::new().handle(WORDS, |_ctx: Context, s: String| async move {
-///     Ok(s.split_whitespace().count())
-/// });
-/// let flame = Flame::builder(registry).mode(Mode::Local).start().await.unwrap();
-/// assert_eq!(flame.call(WORDS, "to be or not".to_string()).await.unwrap(), 4);
-/// let n = flame
-///     .call_with(WORDS, "a b".to_string(), CallOptions::new().timeout(Duration::from_secs(1)))
-///     .await
-///     .unwrap();
-/// assert_eq!(n, 2);
-/// flame.shutdown().await.unwrap();
-/// # });
-/// ```
-#[derive(Clone)]
-pub struct Flame {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    registry: Arc<Registry>,
-    config: Config,
-    pools: HashMap<String, Arc<dyn Pool>>,
-    transport: Option<Arc<dyn Transport>>,
-    in_flight: AtomicUsize,
-    drained: Notify,
-    closed: AtomicBool,
-    /// The backend of the elastic pools, if any (for reap).
-    backend: Option<Arc<dyn Backend>>,
-    app: String,
-    parent_id: String,
-    /// The longest boot timeout of the elastic pools (reap gives unanswering runners this
-    /// long on top of the failsafe window).
-    max_boot: Duration,
-}
-
-struct CallGuard<'a>(&'a Inner);
-
-impl Drop for CallGuard<'_> {
-    fn drop(&mut self) {
-        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.drained.notify_waiters();
-        }
-    }
-}
-
-impl Flame {
-    /// A builder over `registry`, configured with defaults (local mode) until told otherwise.
-    pub fn builder(registry: Registry) -> FlameBuilder {
-        FlameBuilder {
-            registry,
-            config: Config::default(),
-            overrides: Vec::new(),
-            app: None,
-            pool_configs: Vec::new(),
-            pools: Vec::new(),
-            backend: None,
-            transport: None,
-            server: None,
-            explicit_mode: false,
-            env_mode: false,
-            default_mode: None,
-            pool_hooks: Vec::new(),
-            handle_signals: true,
-            runner_env: BTreeMap::new(),
-            nested_depth: None,
-        }
-    }
-
-    /// What `reap` may end for this parent: runners of this app (never this parent's) that
-    /// are provably orphaned, judged with this parent's failsafe window (`FLAME_PARENT_TIMEOUT`)
-    /// and boot timeout. `None` without elastic pools (or a transport to probe with).
-    pub fn reap_scope(&self) -> Option<ReapScope> {
-        let inner = &*self.inner;
-        inner.backend.as_ref()?;
-        let prober = inner.transport.clone()?;
-        let window = inner.config.parent_timeout;
-        Some(
-            ReapScope::new(inner.app.clone(), inner.parent_id.clone(), prober)
-                .windows(window, window + inner.max_boot),
-        )
-    }
-
-    /// This parent's id (`FLAME_PARENT_ID` of the runners it starts).
-    pub fn parent_id(&self) -> &str {
-        &self.inner.parent_id
-    }
-
-    /// The application name runners are labelled with.
-    pub fn app(&self) -> &str {
-        &self.inner.app
-    }
-
-    /// Makes Ctrl-C / `SIGTERM` shut flame down cleanly — calls drain, every runner is ended —
-    /// and then exit the process (status 130 / 143); a second signal exits at once.
-    /// [`FlameBuilder::start`] calls this in parent mode with elastic pools unless
-    /// [`FlameBuilder::handle_signals`] is off.
-    pub fn shutdown_on_signal(&self) -> tokio::task::JoinHandle<()> {
-        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
-        tokio::spawn(async move {
-            let name = terminate_signal().await;
-            let code = if name == "SIGTERM" { 143 } else { 130 };
-            if let Some(inner) = weak.upgrade() {
-                let flame = Flame { inner };
-                tracing::info!(target: "flame", signal = name, "shutting down: draining calls, ending runners");
-                tokio::select! {
-                    r = flame.shutdown() => {
-                        if let Err(e) = r {
-                            tracing::warn!(target: "flame", error = %e, "shutdown after a signal failed");
-                        }
-                    }
-                    again = terminate_signal() => {
-                        tracing::warn!(target: "flame", signal = again, "second signal: exiting now");
-                    }
-                }
-            }
-            std::process::exit(code);
-        })
-    }
-
-    /// The mode this handle runs in.
-    pub fn mode(&self) -> Mode {
-        self.inner.config.mode
-    }
-
-    /// The configuration.
-    pub fn config(&self) -> &Config {
-        &self.inner.config
-    }
-
-    /// A pool by name.
-    pub fn pool(&self, name: &str) -> Option<&Arc<dyn Pool>> {
-        self.inner.pools.get(name)
-    }
-
-    /// Calls `method` with `req` and the default options.
-    pub async fn call<Req, Resp>(&self, method: Method<Req, Resp>, req: Req) -> Result<Resp>
-    where
-        Req: Serialize + Send + 'static,
-        Resp: DeserializeOwned + Send + 'static,
-    {
-        self.call_with(method, req, CallOptions::default()).await
-    }
-
-    /// Calls `method` with `req` and `options`.
-    pub async fn call_with<Req, Resp>(
-        &self,
-        method: Method<Req, Resp>,
-        req: Req,
-        options: CallOptions,
-    ) -> Result<Resp>
-    where
-        Req: Serialize + Send + 'static,
-        Resp: DeserializeOwned + Send + 'static,
-    {
-        let inner = &*self.inner;
-        if inner.closed.load(Ordering::Acquire) {
-            return Err(Error::new(ErrorCode::Shutdown, "flame is shutting down"));
-        }
-        inner.in_flight.fetch_add(1, Ordering::AcqRel);
-        let _guard = CallGuard(inner);
-        let timeout = options
-            .timeout
-            .or(method.timeout_ms().map(Duration::from_millis))
-            .unwrap_or(inner.config.request_timeout);
-        let deadline = Instant::now() + timeout;
-        match inner.config.mode {
-            Mode::Local | Mode::Runner => self.call_local(method, req, options, deadline).await,
-            Mode::Parent => self.call_remote(method, req, options, deadline).await,
-        }
-    }
-
-    async fn call_local<Req, Resp>(
-        &self,
-        method: Method<Req, Resp>,
-        req: Req,
-        options: CallOptions,
-        deadline: Instant,
-    ) -> Result<Resp>
-    where
-        Req: Serialize + Send + 'static,
-        Resp: DeserializeOwned + Send + 'static,
-    {
-        let entry = self
-            .inner
-            .registry
-            .lookup(method.service_id(), method.method_id())?;
-        let ctx = Context::new(uuid::Uuid::new_v4().to_string())
-            .with_deadline(Some(deadline))
-            .with_idempotency_key(options.idempotency_key)
-            .with_trace(options.trace)
-            .with_pool(options.pool);
-        if let Some(typed) = entry.typed::<Req, Resp>() {
-            let typed = typed.clone();
-            return run_guarded(ctx, move |ctx| typed(ctx, req)).await;
-        }
-        // Same ids, other types: go through the wire codec, as a remote call would.
-        let args = codec::to_args(&req)?;
-        let erased = entry.erased.clone();
-        let text = run_guarded(ctx, move |ctx| erased(ctx, args)).await?;
-        codec::decode_result(&text)
-    }
-
-    async fn call_remote<Req, Resp>(
-        &self,
-        method: Method<Req, Resp>,
-        req: Req,
-        options: CallOptions,
-        deadline: Instant,
-    ) -> Result<Resp>
-    where
-        Req: Serialize + Send + 'static,
-        Resp: DeserializeOwned + Send + 'static,
-    {
-        let timeout = deadline.saturating_duration_since(Instant::now());
-        let pool_name = options
-            .pool
-            .as_deref()
-            .or(method.pool())
-            .unwrap_or(&self.inner.config.default_pool)
-            .to_owned();
-        let pool = self.inner.pools.get(&pool_name).ok_or_else(|| {
-            Error::new(
-                ErrorCode::NoRunner,
-                format!("no pool named `{pool_name}` is configured"),
-            )
-        })?;
-        let transport = self
-            .inner
-            .transport
-            .as_ref()
-            .ok_or_else(|| Error::config("parent mode needs a transport"))?;
-        let mut invocation = Invocation {
-            service_id: method.service_id().to_owned(),
-            method_id: method.method_id().to_owned(),
-            args: codec::encode_args(&req)?,
-            deadline: Some(deadline),
-            idempotency_key: options.idempotency_key.clone(),
-            trace: options.trace.clone(),
-            attempt: 1,
-        };
-        let mut delays = backoff(options.retries);
-        loop {
-            let err = match attempt(pool.as_ref(), transport.as_ref(), &invocation, deadline, timeout).await {
-                Ok(text) => return codec::decode_result(&text),
-                Err(e) => e,
-            };
-            if !safe_to_retry(&err, invocation.idempotency_key.is_some()) {
-                return Err(err);
-            }
-            let Some(delay) = delays.next() else {
-                return Err(err);
-            };
-            if Instant::now() + delay >= deadline {
-                return Err(err);
-            }
-            tracing::debug!(error = %err, attempt = invocation.attempt, ?delay, "flame call retrying");
-            tokio::time::sleep(delay).await;
-            invocation.attempt += 1;
-        }
-    }
-
-    /// Stops taking calls, waits for calls in flight, then shuts every pool down (ending its
-    /// runners).
-    pub async fn shutdown(&self) -> Result<()> {
-        let inner = &*self.inner;
-        inner.closed.store(true, Ordering::Release);
-        loop {
-            let drained = inner.drained.notified();
-            if inner.in_flight.load(Ordering::Acquire) == 0 {
-                break;
-            }
-            drained.await;
-        }
-        let mut first_err = None;
-        for pool in inner.pools.values() {
-            if let Err(e) = pool.shutdown(Duration::from_secs(30)).await {
-                tracing::warn!(pool = pool.name(), error = %e, "pool shutdown failed");
-                first_err.get_or_insert(e);
-            }
-        }
-        first_err.map_or(Ok(()), Err)
-    }
-}
-
-/// One attempt: lease a slot, invoke, give the slot back with how it went.
-async fn attempt(
-    pool: &dyn Pool,
-    transport: &dyn Transport,
-    invocation: &Invocation,
-    deadline: Instant,
-    timeout: Duration,
-) -> Result<String> {
-    let lease = pool
-        .checkout(&CheckoutOptions {
-            deadline: Some(deadline),
-        })
-        .await?;
-    // The caller waited for a runner to boot: its timeout covers the call, not the boot.
-    let rebased;
-    let (invocation, deadline) = if lease.fresh_runner() {
-        let d = deadline.max(Instant::now() + timeout);
-        let mut inv = invocation.clone();
-        inv.deadline = Some(d);
-        rebased = inv;
-        (&rebased, d)
-    } else {
-        (invocation, deadline)
-    };
-    let result = tokio::select! {
-        r = transport.invoke(lease.endpoint(), invocation) => r,
-        _ = lease.lost().cancelled() => Err(Error::transport(format!(
-            "runner {} was lost while the call was in flight", lease.endpoint().runner_id
-        )).with_retryable(true)),
-        _ = tokio::time::sleep_until(deadline) => Err(Error::new(ErrorCode::Timeout, "call ran past its deadline")),
-    };
-    let outcome = match &result {
-        Err(e) if matches!(e.code(), ErrorCode::Transport) => LeaseOutcome::RunnerFailed,
-        _ => LeaseOutcome::Done,
-    };
-    lease.finish(outcome);
-    result
 }
