@@ -21,11 +21,16 @@
 //!   `CALL_OK …` or `CALL_ERR <caller> <n> <unix-ms> <error>`. On stdin, `reap` runs this
 //!   parent's own reap (the scope `start` reaps with) and prints `REAPED <ended> <start-ms>
 //!   <end-ms>` (or `REAP_ERR <error>`); `exit` or end of input shuts it down (runners ended)
-//!   and exits. The two-parent tests run two of these side by side and `kill -9` one.
+//!   and exits. The two-parent tests run two of these side by side and `kill -9` one. With
+//!   `DOCKER_RUNNER_LOCAL_POOL=<state dir>` it also has a pool `local` of one LocalProcess runner
+//!   (this binary on the host, pid files in that directory) — a second backend in one parent —
+//!   waits for it too, and `reap` reaps both backends (`REAPED` then counts both).
 
 use flame_backend_docker::{DockerBackend, PullPolicy};
 use flame_core::backend::readiness::start_runner;
-use flame_core::{Backend, Context, Error, Flame, Method, Mode, PoolConfig, Registry, Secret, SpawnRequest};
+use flame_core::{
+    Backend, Context, Error, Flame, LocalProcess, Method, Mode, PoolConfig, Registry, Secret, SpawnRequest,
+};
 use flame_http::{HttpExt, HttpTransport};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -198,38 +203,53 @@ async fn serve_as_parent(
     runners: usize,
     call_ms: u64,
 ) -> Result<(), Error> {
-    let flame = Flame::builder(registry())
+    let pool_config = |n: usize| {
+        PoolConfig::default()
+            .min(n)
+            .max(n)
+            .max_concurrency(1)
+            .boot_timeout(Duration::from_secs(10))
+            .health_interval(Duration::from_secs(1))
+            .idle_shutdown_after(Duration::from_secs(3600))
+    };
+    let mut builder = Flame::builder(registry())
         .http()
         .from_env()?
         .mode(Mode::Parent)
         .app(app)
         .backend_shared(backend.clone())
-        .pool(
-            "default",
-            PoolConfig::default()
-                .min(runners)
-                .max(runners)
-                .max_concurrency(1)
-                .boot_timeout(Duration::from_secs(10))
-                .health_interval(Duration::from_secs(1))
-                .idle_shutdown_after(Duration::from_secs(3600)),
-        )
-        .start()
-        .await?;
-    println!("PARENT {}", flame.parent_id());
-    let pool = flame
-        .pool("default")
-        .cloned()
-        .ok_or_else(|| Error::config("no pool `default`"))?;
-    let until = tokio::time::Instant::now() + Duration::from_secs(120);
-    while pool.stats().runners < runners {
-        if tokio::time::Instant::now() > until {
-            return Err(Error::config(format!(
-                "only {} of {runners} runners came up within 120 s",
-                pool.stats().runners
-            )));
+        .pool("default", pool_config(runners));
+    // A second backend in the same parent: one LocalProcess runner (this binary, on the host).
+    let local = match std::env::var("DOCKER_RUNNER_LOCAL_POOL") {
+        Ok(dir) if !dir.is_empty() => {
+            let exe = std::env::current_exe()
+                .map_err(|e| Error::config(format!("cannot find this executable: {e}")))?;
+            let local = LocalProcess::command(exe, Vec::<String>::new())
+                .state_dir(dir)
+                .grace(Duration::from_secs(2));
+            builder = builder.pool_with("local", pool_config(1), local.clone());
+            Some(local)
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        _ => None,
+    };
+    let flame = builder.start().await?;
+    println!("PARENT {}", flame.parent_id());
+    let until = tokio::time::Instant::now() + Duration::from_secs(120);
+    let pools = [("default", runners), ("local", usize::from(local.is_some()))];
+    for (name, want) in pools.into_iter().filter(|(_, n)| *n > 0) {
+        let pool = flame
+            .pool(name)
+            .cloned()
+            .ok_or_else(|| Error::config(format!("no pool `{name}`")))?;
+        while pool.stats().runners < want {
+            if tokio::time::Instant::now() > until {
+                return Err(Error::config(format!(
+                    "only {} of {want} runners of pool `{name}` came up within 120 s",
+                    pool.stats().runners
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     println!("READY");
     if call_ms > 0 {
@@ -268,8 +288,14 @@ async fn serve_as_parent(
                     continue;
                 };
                 let start = unix_ms();
-                match backend.reap(&scope).await {
-                    Ok(n) => println!("REAPED {n} {start} {}", unix_ms()),
+                let local_reap = async {
+                    match &local {
+                        Some(l) => l.reap(&scope).await,
+                        None => Ok(0),
+                    }
+                };
+                match tokio::try_join!(backend.reap(&scope), local_reap) {
+                    Ok((n, l)) => println!("REAPED {} {start} {}", n + l, unix_ms()),
                     Err(e) => println!("REAP_ERR {}", e.to_string().replace('\n', " ")),
                 }
             }

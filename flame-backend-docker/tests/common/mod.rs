@@ -3,6 +3,7 @@
 //! that removes every container a test started, also when the test fails.
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod parents;
 use bollard::query_parameters::ListContainersOptionsBuilder;
 use bollard::Docker;
 use flame_backend_docker::{DockerBackend, DockerBackendBuilder, PullPolicy};
