@@ -5,6 +5,7 @@
 //! may land on another runner. A transport sends exactly one attempt.
 
 use crate::error::Error;
+use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -115,11 +116,12 @@ impl RetryPolicy {
     }
 }
 
-/// Retries as a share of calls, per pool (the idea of gRPC's retry throttling and Finagle's
-/// budgets): each call adds `percent`/100 of a token, each retry takes one, and `min_per_second`
-/// tokens come back every second whatever the traffic, up to ten seconds' worth (which is also
-/// where a fresh pool starts); with no token left a failed attempt is not retried. It keeps a
-/// pool in trouble from getting several times its normal load.
+/// Retries as a share of calls, per pool (Finagle's retry budget; gRPC's retry throttling is
+/// the same idea): each call earns `percent`/100 of a retry for ten seconds, each retry takes
+/// one, and a reserve of ten seconds of `min_per_second` refills whatever the traffic (a fresh
+/// pool starts with it); with no token left a failed attempt is not retried. It keeps a pool in
+/// trouble from getting several times its normal load, while a runner dying with its share of
+/// the calls in flight still gets them all retried.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryBudget {
     /// Retries allowed per 100 calls.
@@ -136,51 +138,97 @@ impl RetryBudget {
     };
 }
 
-/// The running balance of a [`RetryBudget`] (one per pool).
+/// The window a retry budget counts calls in (Finagle's TTL).
+const WINDOW: Duration = Duration::from_secs(10);
+
+/// The running balance of a [`RetryBudget`] (one per pool): what recent calls earned, in
+/// one-second buckets that expire after the window (withdrawals take the oldest first), and the
+/// reserve, which refills at `min_per_second` up to ten seconds' worth.
 #[derive(Debug)]
 pub(crate) struct BudgetState {
-    /// Tokens and when they were last counted; `None` until first used (then full).
-    inner: Mutex<Option<(f64, Instant)>>,
+    inner: Mutex<Balance>,
+}
+
+#[derive(Debug)]
+struct Balance {
+    /// Tokens earned by calls, by the second they were earned in (oldest first).
+    earned: VecDeque<(Instant, f64)>,
+    /// The reserve's tokens and when it was last refilled; `None` until first used (then full).
+    reserve: Option<(f64, Instant)>,
 }
 
 impl BudgetState {
     pub(crate) fn new() -> Self {
         BudgetState {
-            inner: Mutex::new(None),
+            inner: Mutex::new(Balance {
+                earned: VecDeque::new(),
+                reserve: None,
+            }),
         }
     }
 
-    fn cap(budget: &RetryBudget) -> f64 {
-        f64::from(budget.min_per_second.max(1)) * 10.0
-    }
-
-    /// Brings the balance up to date, adds `add`, then applies `f` to it.
-    fn with_balance<T>(&self, budget: &RetryBudget, add: f64, f: impl FnOnce(&mut f64) -> T) -> T {
-        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        let cap = Self::cap(budget);
-        let (tokens, since) = g.get_or_insert((cap, now));
-        let secs = now.saturating_duration_since(*since).as_secs_f64();
-        *tokens = (*tokens + add + secs * f64::from(budget.min_per_second)).min(cap);
-        *since = now;
-        f(tokens)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Balance> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// A call starts: it earns its share of a retry.
     pub(crate) fn deposit(&self, budget: &RetryBudget) {
-        self.with_balance(budget, f64::from(budget.percent) / 100.0, |_| ());
+        let share = f64::from(budget.percent) / 100.0;
+        let now = Instant::now();
+        let mut b = self.lock();
+        b.expire(now);
+        match b.earned.back_mut() {
+            Some((second, tokens)) if now.saturating_duration_since(*second) < Duration::from_secs(1) => {
+                *tokens += share;
+            }
+            _ => b.earned.push_back((now, share)),
+        }
     }
 
     /// A retry wants to go: true if the budget allows it (and takes the token).
     pub(crate) fn withdraw(&self, budget: &RetryBudget) -> bool {
-        self.with_balance(budget, 0.0, |tokens| {
-            if *tokens >= 1.0 {
-                *tokens -= 1.0;
-                true
-            } else {
-                false
+        let now = Instant::now();
+        let mut b = self.lock();
+        b.expire(now);
+        if b.earned.iter().map(|(_, t)| t).sum::<f64>() >= 1.0 {
+            let mut owed = 1.0;
+            while owed > 0.0 {
+                let Some((_, tokens)) = b.earned.front_mut() else {
+                    break;
+                };
+                let take = tokens.min(owed);
+                *tokens -= take;
+                owed -= take;
+                if *tokens <= f64::EPSILON {
+                    b.earned.pop_front();
+                }
             }
-        })
+            return true;
+        }
+        let per_second = f64::from(budget.min_per_second);
+        let full = per_second.max(1.0) * WINDOW.as_secs_f64();
+        let (tokens, since) = b.reserve.get_or_insert((full, now));
+        let secs = now.saturating_duration_since(*since).as_secs_f64();
+        *tokens = (*tokens + secs * per_second).min(full);
+        *since = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+impl Balance {
+    fn expire(&mut self, now: Instant) {
+        while self
+            .earned
+            .front()
+            .is_some_and(|(second, _)| now.saturating_duration_since(*second) >= WINDOW)
+        {
+            self.earned.pop_front();
+        }
     }
 }
 
@@ -242,5 +290,26 @@ mod tests {
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(state.withdraw(&b), "the floor refills one per second");
         assert!(!state.withdraw(&b));
+        // A burst of calls earns its share on top of the reserve; it fades over the window.
+        tokio::time::advance(Duration::from_secs(30)).await;
+        for _ in 0..100 {
+            state.deposit(&b);
+        }
+        let mut granted = 0;
+        while state.withdraw(&b) {
+            granted += 1;
+        }
+        assert_eq!(granted, 60, "10 reserve + 50 % of 100 calls");
+        for _ in 0..100 {
+            state.deposit(&b);
+        }
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert!(state.withdraw(&b), "earned tokens last the window");
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let mut later = 0;
+        while state.withdraw(&b) {
+            later += 1;
+        }
+        assert_eq!(later, 10, "earned tokens expired; the reserve refilled");
     }
 }
