@@ -33,8 +33,11 @@ fn processes_with(pairs: &[(&str, &str)]) -> Vec<u32> {
                 .all(|(k, v)| vars.contains(&format!("{k}={v}").as_bytes()))
         })
         .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .is_ok_and(|s| !s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                !s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| r.trim_start().starts_with('Z'))
+            })
         })
         .collect()
 }
@@ -80,7 +83,11 @@ async fn a_parent_with_two_backends_has_both_reaped_by_the_next_parent() {
         .args(["pause", &a_containers[0]])
         .output()
         .unwrap();
-    assert!(paused.status.success(), "{}", String::from_utf8_lossy(&paused.stderr));
+    assert!(
+        paused.status.success(),
+        "{}",
+        String::from_utf8_lossy(&paused.stderr)
+    );
     signal(a_local[0], "STOP");
     a.kill9().await;
 
@@ -89,7 +96,10 @@ async fn a_parent_with_two_backends_has_both_reaped_by_the_next_parent() {
     let mut b = Parent::start("B", &app, 1, 0, WINDOW_MS, Some(&state)).await;
     kill.0.push(b.id.clone());
     let (ended, started, finished) = b.reap(Duration::from_secs(120)).await;
-    eprintln!("B's reap (both backends) took {} ms, ended {ended}", finished - started);
+    eprintln!(
+        "B's reap (both backends) took {} ms, ended {ended}",
+        finished - started
+    );
     assert!(
         wait_gone(&a_containers[0], Duration::from_secs(60)).await,
         "A's frozen Docker runner is still there"

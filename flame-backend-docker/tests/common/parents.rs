@@ -209,4 +209,3 @@ pub async fn wait_gone(id: &str, within: Duration) -> bool {
     }
     container_state(id).is_none()
 }
-
