@@ -71,7 +71,7 @@ async fn a_parent_with_two_backends_has_both_reaped_by_the_next_parent() {
     let state = std::env::temp_dir().join(format!("flame-two-backends-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&state).unwrap();
 
-    let mut a = Parent::start("A", &app, 1, 0, WINDOW_MS, Some(&state)).await;
+    let mut a = start_parent("A", &app, 1, 0, WINDOW_MS, Some(&state)).await;
     let mut kill = KillParents(vec![a.id.clone()]);
     let a_containers = containers_of_parent(&app, &a.id);
     assert_eq!(a_containers.len(), 1, "A's Docker runner");
@@ -93,7 +93,7 @@ async fn a_parent_with_two_backends_has_both_reaped_by_the_next_parent() {
 
     // B: same app, same two backends. Its start reaps both in the background; its explicit
     // reap waits for the verdicts (the frozen container needs the unreachable window).
-    let mut b = Parent::start("B", &app, 1, 0, WINDOW_MS, Some(&state)).await;
+    let mut b = start_parent("B", &app, 1, 0, WINDOW_MS, Some(&state)).await;
     kill.0.push(b.id.clone());
     let (ended, started, finished) = b.reap(Duration::from_secs(120)).await;
     eprintln!(

@@ -27,13 +27,13 @@ async fn two_live_parents_never_reap_each_other_and_a_killed_ones_runners_go() {
     let _cleanup = Cleanup::new(&app);
 
     // Parent A: two runners, a call in flight on each, all the time.
-    let mut a = Parent::start("A", &app, 2, CALL_MS, WINDOW_MS, None).await;
+    let mut a = start_parent("A", &app, 2, CALL_MS, WINDOW_MS, None).await;
     let a_runners = containers_of_parent(&app, &a.id);
     assert_eq!(a_runners.len(), 2, "A's runners: {a_runners:?}");
     a.expect("CALL_START", Duration::from_secs(30)).await;
 
     // Parent B of the same app starts (its start reaps in the background) with one runner.
-    let mut b = Parent::start("B", &app, 1, 0, WINDOW_MS, None).await;
+    let mut b = start_parent("B", &app, 1, 0, WINDOW_MS, None).await;
     let b_runners = containers_of_parent(&app, &b.id);
     assert_eq!(b_runners.len(), 1, "B's runner: {b_runners:?}");
 

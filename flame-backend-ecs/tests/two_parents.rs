@@ -11,14 +11,11 @@
 mod common;
 
 use common::*;
+use flame_core::testkit::parent_process::ParentProcess as Parent;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
-use tokio::process::{Child, ChildStdin, Command};
-use tokio::sync::mpsc;
+use tokio::process::Command;
 use tokio::time::Instant;
 
 /// The parents' failsafe window (`FLAME_PARENT_TIMEOUT`): the same for both, as replicas of
@@ -114,160 +111,26 @@ impl Drop for TaskDir {
     }
 }
 
-/// One `ecs_parent parent` process: its stdout lines, its stdin, killed on drop.
-struct Parent {
+/// Starts `ecs_parent parent` for `app` on the moto world with `runners` runners (callers
+/// keeping `call_ms` calls in flight when > 0), its tasks mapped through `dir`.
+async fn start_parent(
     name: &'static str,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::UnboundedReceiver<String>,
-    /// Every line it printed so far (for `CALL_*` checks and failure messages).
-    seen: Arc<Mutex<Vec<String>>>,
-    id: String,
-}
-
-/// One call of a parent: start (unix ms), end if it ended, error if it failed.
-type Call = (u128, Option<u128>, Option<String>);
-
-impl Parent {
-    async fn start(
-        name: &'static str,
-        world: &MotoWorld,
-        app: &str,
-        dir: &TaskDir,
-        runners: usize,
-        call_ms: u64,
-    ) -> Parent {
-        let mut child = Command::new(example_binary())
-            .arg("parent")
-            .arg(moto_url())
-            .args([&world.cluster, &world.task_definition, &world.subnet, app])
-            .arg(&dir.0)
-            .arg(runners.to_string())
-            .arg(call_ms.to_string())
-            .env_remove("FLAME_MODE")
-            .env_remove("FLAME_PARENT_ID")
-            .env_remove("FLAME_RUNNER_URL")
-            .env_remove("FLAME_SPAWN_DEPTH")
-            .env("FLAME_PARENT_TIMEOUT", WINDOW_MS.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = mpsc::unbounded_channel();
-        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
-        let record = seen.clone();
-        tokio::spawn(async move {
-            let mut out = tokio::io::BufReader::new(stdout).lines();
-            while let Ok(Some(line)) = out.next_line().await {
-                record.lock().unwrap().push(line.clone());
-                let _ = tx.send(line);
-            }
-        });
-        let mut parent = Parent {
-            name,
-            stdin: child.stdin.take(),
-            child,
-            lines,
-            seen,
-            id: String::new(),
-        };
-        let line = parent.expect("PARENT ", Duration::from_secs(60)).await;
-        parent.id = line.trim_start_matches("PARENT ").trim().to_owned();
-        parent.expect("READY", Duration::from_secs(120)).await;
-        parent
-    }
-
-    /// The next line starting with `prefix` (earlier lines are skipped), within `within`.
-    async fn expect(&mut self, prefix: &str, within: Duration) -> String {
-        let until = Instant::now() + within;
-        loop {
-            match tokio::time::timeout_at(until, self.lines.recv()).await {
-                Ok(Some(line)) if line.starts_with(prefix) => return line,
-                Ok(Some(_)) => {}
-                Ok(None) => panic!(
-                    "parent {} exited before printing {prefix:?}; it printed: {:?}",
-                    self.name,
-                    self.seen()
-                ),
-                Err(_) => panic!(
-                    "parent {} printed no {prefix:?} within {within:?}; it printed: {:?}",
-                    self.name,
-                    self.seen()
-                ),
-            }
-        }
-    }
-
-    fn seen(&self) -> Vec<String> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// Runs the parent's own reap; returns (ended, start unix ms, end unix ms).
-    async fn reap(&mut self, within: Duration) -> (usize, u128, u128) {
-        let stdin = self.stdin.as_mut().unwrap();
-        stdin.write_all(b"reap\n").await.unwrap();
-        stdin.flush().await.unwrap();
-        // `REAPED …` or `REAP_ERR …`.
-        let line = self.expect("REAP", within).await;
-        if let Some(err) = line.strip_prefix("REAP_ERR ") {
-            panic!("parent {}'s reap failed: {err}", self.name);
-        }
-        let f: Vec<&str> = line.split_whitespace().collect();
-        (
-            f[1].parse().unwrap(),
-            f[2].parse().unwrap(),
-            f[3].parse().unwrap(),
-        )
-    }
-
-    /// Asks the parent to shut down (its runners are ended) and waits for it to exit.
-    async fn exit(mut self, within: Duration) {
-        if let Some(mut stdin) = self.stdin.take() {
-            let _ = stdin.write_all(b"exit\n").await;
-        }
-        let status = tokio::time::timeout(within, self.child.wait())
-            .await
-            .unwrap_or_else(|_| panic!("parent {} did not shut down within {within:?}", self.name))
-            .unwrap();
-        assert!(
-            status.success(),
-            "parent {} exited with {status}; it printed: {:?}",
-            self.name,
-            self.seen()
-        );
-    }
-
-    /// SIGKILL: no clean-up code runs in the parent.
-    async fn kill9(&mut self) {
-        self.child.start_kill().unwrap();
-        self.child.wait().await.unwrap();
-    }
-
-    /// Its calls so far, by (caller, number).
-    fn calls(&self) -> BTreeMap<(u32, u64), Call> {
-        let mut calls = BTreeMap::new();
-        for line in self.seen() {
-            let f: Vec<&str> = line.splitn(5, ' ').collect();
-            if f.len() < 4 || !f[0].starts_with("CALL_") {
-                continue;
-            }
-            let key = (f[1].parse().unwrap(), f[2].parse().unwrap());
-            let at: u128 = f[3].parse().unwrap();
-            let entry = calls.entry(key).or_insert((0, None, None));
-            match f[0] {
-                "CALL_START" => entry.0 = at,
-                "CALL_OK" => entry.1 = Some(at),
-                _ => {
-                    entry.1 = Some(at);
-                    entry.2 = Some(f.get(4).unwrap_or(&"").to_string());
-                }
-            }
-        }
-        calls
-    }
+    world: &MotoWorld,
+    app: &str,
+    dir: &TaskDir,
+    runners: usize,
+    call_ms: u64,
+) -> Parent {
+    let mut command = Command::new(example_binary());
+    command
+        .arg("parent")
+        .arg(moto_url())
+        .args([&world.cluster, &world.task_definition, &world.subnet, app])
+        .arg(&dir.0)
+        .arg(runners.to_string())
+        .arg(call_ms.to_string())
+        .env("FLAME_PARENT_TIMEOUT", WINDOW_MS.to_string());
+    Parent::start(name, command, Duration::from_secs(120)).await
 }
 
 /// Tasks of the cluster labelled with parent `parent` (any desired status): ARN → (desired
@@ -337,13 +200,13 @@ async fn two_live_parents_never_reap_each_other_and_a_killed_ones_tasks_are_stop
     let app = format!("two-parents-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
 
     // Parent A: two tasks, a call in flight on each, all the time.
-    let mut a = Parent::start("A", &world, &app, &dir, 2, CALL_MS).await;
+    let mut a = start_parent("A", &world, &app, &dir, 2, CALL_MS).await;
     let a_tasks = running(&tasks_of(&world, &a.id).await);
     assert_eq!(a_tasks.len(), 2, "A's tasks: {a_tasks:?}");
     a.expect("CALL_START", Duration::from_secs(30)).await;
 
     // Parent B of the same app starts (its start reaps in the background) with one task.
-    let mut b = Parent::start("B", &world, &app, &dir, 1, 0).await;
+    let mut b = start_parent("B", &world, &app, &dir, 1, 0).await;
     let b_tasks = running(&tasks_of(&world, &b.id).await);
     assert_eq!(b_tasks.len(), 1, "B's task: {b_tasks:?}");
 

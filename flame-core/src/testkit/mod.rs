@@ -12,6 +12,7 @@
 pub mod conformance;
 mod memory;
 mod memory_backend;
+pub mod parent_process;
 
 pub use memory::InMemoryTransport;
 pub use memory_backend::MemoryBackend;
