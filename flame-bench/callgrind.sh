@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per request on the server side, counted by valgrind's callgrind: stable on a noisy
-# machine, unlike requests/s. For each server (raw hyper echo, our runner signed and unsigned) it
+# machine, unlike requests/s. For each server (raw hyper echo of the JSON and of the binary
+# request, our runner signed and unsigned in the binary codec and on the JSON wire) it
 # starts the server under callgrind, sends 200 warm-up requests with flame-bench's load generator
 # (one connection), dumps and resets the counters, sends N more, dumps again, and prints the
 # instructions of that second dump divided by N; the dump stays in $OUT for callgrind_annotate.
@@ -39,8 +40,11 @@ measure() { # name ready-prefix load-args... -- server-env...
 }
 
 SERVER_ARGS=(echo-server)
-measure echo ECHO_READY --echo -- FLAME_X=1
+measure echo-json ECHO_READY --echo -- FLAME_X=1
+measure echo-binary ECHO_READY --echo --binary -- FLAME_X=1
 SERVER_ARGS=(runner)
-measure runner-unsigned FLAME_READY -- FLAME_MODE=runner FLAME_LISTEN=127.0.0.1:0
-measure runner-signed FLAME_READY --secret "$SECRET" -- FLAME_MODE=runner FLAME_LISTEN=127.0.0.1:0 FLAME_SECRET="$SECRET"
+measure runner-unsigned-binary FLAME_READY --binary -- FLAME_MODE=runner FLAME_LISTEN=127.0.0.1:0
+measure runner-signed-binary FLAME_READY --binary --secret "$SECRET" -- FLAME_MODE=runner FLAME_LISTEN=127.0.0.1:0 FLAME_SECRET="$SECRET"
+measure runner-unsigned-json FLAME_READY -- FLAME_MODE=runner FLAME_LISTEN=127.0.0.1:0
+measure runner-signed-json FLAME_READY --secret "$SECRET" -- FLAME_MODE=runner FLAME_LISTEN=127.0.0.1:0 FLAME_SECRET="$SECRET"
 echo "dumps in $OUT (callgrind_annotate <dump> | head -40)"

@@ -3,7 +3,9 @@
 //!
 //! - **Runner** (`FLAME_MODE=runner`): serves the methods of the reference's `e2e/services.ts`
 //!   with the same ids and behaviour (`math`/`add`, `math`/`sub`, `math.add`/`default`,
-//!   `decorated`/`add`, `decorated`/`mul`, `utils`/`ping`), plus `utils`/`nonce` (a fresh UUID
+//!   `decorated`/`add`, `decorated`/`mul`, `utils`/`ping`) — taking what they take: JavaScript
+//!   numbers are `f64`, so `math/add(0.1, 0.2)` is `0.30000000000000004` as in JavaScript, and a
+//!   whole result is written as JavaScript writes it (`5`, not `5.0`) — plus `utils`/`nonce` (a fresh UUID
 //!   per run), `utils`/`whoami` (pid, hostname, cgroup, runner id) and `utils`/`sleep` (sleeps
 //!   `ms`, returns it). It prints `FLAME_READY <url>` once listening, so the reference's
 //!   `e2e/parent.ts` can call it (`RUNNER_URL=<url> FLAME_SECRET=… bun e2e/parent.ts`).
@@ -22,12 +24,12 @@ use flame::{Context, Error, Flame, Method, Mode, Registry};
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// `flame.service("math", { add, sub })`.
-pub const MATH_ADD: Method<(i64, i64), i64> = Method::new("math", "add");
+/// `flame.service("math", { add, sub })`: `add(a: number, b: number)`, so `f64`s.
+pub const MATH_ADD: Method<(f64, f64), f64> = Method::new("math", "add");
 /// `math`/`sub`.
-pub const MATH_SUB: Method<(i64, i64), i64> = Method::new("math", "sub");
+pub const MATH_SUB: Method<(f64, f64), f64> = Method::new("math", "sub");
 /// `flame.fn("math.add", …)`: service `math.add`, method `default`.
-pub const ADD_FN: Method<(i64, i64), i64> = Method::new("math.add", "default");
+pub const ADD_FN: Method<(f64, f64), f64> = Method::new("math.add", "default");
 /// `@flame({ serviceId: "utils", id: "ping" }) static ping()`.
 pub const PING: Method<(), String> = Method::new("utils", "ping");
 /// A fresh random UUID on every run (tells one run from two).
@@ -44,26 +46,26 @@ pub const SLEEP: Method<u64, u64> = Method::new("utils", "sleep");
 /// parent has one, so no `pool` is set here.)
 mod decorated {
     /// The service: `decorated`/`add` and `decorated`/`mul`, positional `(a, b)` like the
-    /// reference's methods. Generates `DecoratedService::{ADD, MUL, register}` and
-    /// `DecoratedClient`.
+    /// reference's methods (JavaScript numbers: `f64`). Generates
+    /// `DecoratedService::{ADD, MUL, register}` and `DecoratedClient`.
     #[flame::service(id = "decorated")]
     pub trait Decorated {
         /// `decorated`/`add`.
         #[flame(id = "add")]
-        async fn add(&self, a: i64, b: i64) -> flame::Result<i64>;
+        async fn add(&self, a: f64, b: f64) -> flame::Result<f64>;
         /// `decorated`/`mul`.
-        async fn mul(&self, a: i64, b: i64) -> flame::Result<i64>;
+        async fn mul(&self, a: f64, b: f64) -> flame::Result<f64>;
     }
 
     /// The implementation the runner serves.
     pub struct Calculator;
 
     impl Decorated for Calculator {
-        async fn add(&self, a: i64, b: i64) -> flame::Result<i64> {
+        async fn add(&self, a: f64, b: f64) -> flame::Result<f64> {
             Ok(a + b)
         }
 
-        async fn mul(&self, a: i64, b: i64) -> flame::Result<i64> {
+        async fn mul(&self, a: f64, b: f64) -> flame::Result<f64> {
             Ok(a * b)
         }
     }
@@ -87,15 +89,15 @@ fn registry() -> Registry {
     let registry = Registry::new()
         .handle(
             MATH_ADD,
-            |_ctx: Context, (a, b): (i64, i64)| async move { Ok(a + b) },
+            |_ctx: Context, (a, b): (f64, f64)| async move { Ok(a + b) },
         )
         .handle(
             MATH_SUB,
-            |_ctx: Context, (a, b): (i64, i64)| async move { Ok(a - b) },
+            |_ctx: Context, (a, b): (f64, f64)| async move { Ok(a - b) },
         )
         .handle(
             ADD_FN,
-            |_ctx: Context, (a, b): (i64, i64)| async move { Ok(a + b) },
+            |_ctx: Context, (a, b): (f64, f64)| async move { Ok(a + b) },
         )
         .handle(PING, |_ctx: Context, ()| async move { Ok("pong".to_owned()) })
         .handle(NONCE, |_ctx: Context, ()| async move {
@@ -130,15 +132,46 @@ async fn e2e_calls(flame: &Flame) -> Result<(), String> {
             Err(e) => Err(format!("{name}: {e}")),
         }
     }
-    check(flame, "math/add(2, 3)", MATH_ADD, (2, 3), 5).await?;
-    check(flame, "math/sub(5, 3)", MATH_SUB, (5, 3), 2).await?;
-    check(flame, "math.add/default(10, 5)", ADD_FN, (10, 5), 15).await?;
-    check(flame, "decorated/add(4, 6)", DecoratedService::ADD, (4, 6), 10).await?;
-    check(flame, "decorated/mul(3, 7)", DecoratedService::MUL, (3, 7), 21).await?;
+    check(flame, "math/add(2, 3)", MATH_ADD, (2.0, 3.0), 5.0).await?;
+    check(flame, "math/sub(5, 3)", MATH_SUB, (5.0, 3.0), 2.0).await?;
+    check(flame, "math.add/default(10, 5)", ADD_FN, (10.0, 5.0), 15.0).await?;
+    check(
+        flame,
+        "decorated/add(4, 6)",
+        DecoratedService::ADD,
+        (4.0, 6.0),
+        10.0,
+    )
+    .await?;
+    check(
+        flame,
+        "decorated/mul(3, 7)",
+        DecoratedService::MUL,
+        (3.0, 7.0),
+        21.0,
+    )
+    .await?;
     check(flame, "utils/ping()", PING, (), "pong".to_owned()).await?;
+    // JavaScript numbers: fractions add as in JavaScript, on either runner.
+    check(
+        flame,
+        "math/add(0.1, 0.2)",
+        MATH_ADD,
+        (0.1, 0.2),
+        0.30000000000000004,
+    )
+    .await?;
+    check(
+        flame,
+        "decorated/mul(1.5, 2)",
+        DecoratedService::MUL,
+        (1.5, 2.0),
+        3.0,
+    )
+    .await?;
     // The generated client, as the reference's parent calls `decorated.add(1, 1)`.
-    match DecoratedClient::new(flame.clone()).add(1, 1).await {
-        Ok(2) => {}
+    match DecoratedClient::new(flame.clone()).add(1.0, 1.0).await {
+        Ok(2.0) => {}
         Ok(got) => return Err(format!("decorated/add(1, 1): expected 2, got {got}")),
         Err(e) => return Err(format!("decorated/add(1, 1): {e}")),
     }

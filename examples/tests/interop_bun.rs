@@ -60,9 +60,11 @@ async fn our_parent_passes_against_the_reference_runner_signed() {
         .into(),
         attempt: 1,
         cast: false,
+        stream: false,
+        limits: Default::default(),
     };
     let pong = t.invoke(&ep, &call("utils", "ping")).await.unwrap();
-    assert_eq!(flame_core::codec::decode_result::<String>(&pong).unwrap(), "pong");
+    assert_eq!(pong.decode::<String>().await.unwrap(), "pong");
     let err = t.invoke(&ep, &call("utils", "nope")).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::NotFound, "{err}");
     let wrong = Endpoint::new(url.clone(), "ts").with_secret(Some(Secret::new("nope")));

@@ -4,7 +4,7 @@
 
 mod interop_common;
 
-use flame_core::{codec, Endpoint, Invocation, Secret, Transport};
+use flame_core::{Endpoint, Invocation, Secret, Transport};
 use flame_http::HttpTransport;
 use interop_common::*;
 use std::time::Duration;
@@ -21,6 +21,8 @@ fn call(service: &str, method: &str, args: &str, timeout: Duration) -> Invocatio
         trace: Default::default(),
         attempt: 1,
         cast: false,
+        stream: false,
+        limits: Default::default(),
     }
 }
 
@@ -48,10 +50,7 @@ async fn runner_serves_nonce_whoami_sleep_and_health() {
         )
         .await
         .unwrap();
-    let (a, b): (String, String) = (
-        codec::decode_result(&a).unwrap(),
-        codec::decode_result(&b).unwrap(),
-    );
+    let (a, b): (String, String) = (a.decode().await.unwrap(), b.decode().await.unwrap());
     assert_ne!(a, b, "nonce must differ per run");
     assert!(uuid::Uuid::parse_str(&a).is_ok(), "{a}");
 
@@ -62,7 +61,7 @@ async fn runner_serves_nonce_whoami_sleep_and_health() {
         )
         .await
         .unwrap();
-    let who: serde_json::Value = codec::decode_result(&who).unwrap();
+    let who: serde_json::Value = who.decode().await.unwrap();
     assert_eq!(who["pid"].as_u64(), Some(u64::from(runner.pid())));
     assert_eq!(who["runner_id"], "interop-runner");
     assert!(who["hostname"].is_string() && who["cgroup"].is_string(), "{who}");
@@ -74,7 +73,7 @@ async fn runner_serves_nonce_whoami_sleep_and_health() {
         )
         .await
         .unwrap();
-    assert_eq!(codec::decode_result::<u64>(&slept).unwrap(), 30);
+    assert_eq!(slept.decode::<u64>().await.unwrap(), 30);
 
     let status = t.ping(&ep).await.unwrap();
     assert_eq!(status.runner_id.as_deref(), Some("interop-runner"));
@@ -114,7 +113,7 @@ async fn sigterm_drains_the_call_in_flight_then_exits_cleanly() {
         .unwrap();
     assert!(kill.success());
     let out = call_task.await.unwrap().unwrap();
-    assert_eq!(codec::decode_result::<u64>(&out).unwrap(), 700);
+    assert_eq!(out.decode::<u64>().await.unwrap(), 700);
     let (ok, _, _) = runner.finish(Duration::from_secs(10)).await;
     assert!(ok, "runner did not exit 0 after draining");
     // And it no longer listens.

@@ -150,16 +150,18 @@ async fn parent(args: &[String]) -> Result<(), Error> {
             let invocation = flame_core::Invocation {
                 service_id: "utils".into(),
                 method_id: "whoami".into(),
-                args: flame_core::codec::encode_args(&())?,
+                args: flame_core::codec::encode_args(&())?.into(),
                 deadline: Some(tokio::time::Instant::now() + Duration::from_secs(10)),
                 idempotency_key: None,
                 trace: BTreeMap::new(),
                 attempt: 1,
                 cast: false,
+                stream: false,
+                limits: Default::default(),
             };
             let result = flame_core::Transport::invoke(&transport, &handle.endpoint, &invocation).await;
             backend.terminate(&handle).await?;
-            let who: WhoAmI = flame_core::codec::decode_result(&result?)?;
+            let who: WhoAmI = result?.decode().await?;
             println!("WHOAMI {}", serde_json::to_string(&who)?);
             Ok(())
         }

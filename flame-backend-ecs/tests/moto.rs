@@ -179,12 +179,14 @@ async fn moto_secret_from_task_definition_stays_out_of_overrides() {
     let inv = flame_core::Invocation {
         service_id: "math".into(),
         method_id: "add".into(),
-        args: flame_core::codec::encode_args(&(1i64, 1i64)).unwrap(),
+        args: flame_core::codec::encode_args(&(1i64, 1i64)).unwrap().into(),
         deadline: None,
         idempotency_key: None,
         trace: Default::default(),
         attempt: 1,
         cast: false,
+        stream: false,
+        limits: Default::default(),
     };
     let err = runners.transport().invoke(&wrong, &inv).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::Unauthorized, "{err}");

@@ -37,16 +37,18 @@ async fn conformance_over_http_spawn_ping_invoke_terminate_reap() {
     let inv = Invocation {
         service_id: "math".into(),
         method_id: "add".into(),
-        args: codec::encode_args(&(20i64, 22i64)).unwrap(),
+        args: codec::encode_args(&(20i64, 22i64)).unwrap().into(),
         deadline: Some(tokio::time::Instant::now() + Duration::from_secs(5)),
         idempotency_key: None,
         trace: Default::default(),
         attempt: 1,
         cast: false,
+        stream: false,
+        limits: Default::default(),
     };
     let text = http.invoke(&handle.endpoint, &inv).await.unwrap();
     assert_eq!(
-        serde_json::from_str::<Value>(&text).unwrap(),
+        serde_json::from_str::<Value>(text.json_text().unwrap()).unwrap(),
         json!({ "json": 42 })
     );
     assert_eq!(backend.status(&handle).await.unwrap(), RunnerState::Running);

@@ -27,15 +27,17 @@ async fn invoke_add(transport: &impl Transport, endpoint: &Endpoint, a: i64, b: 
     let inv = Invocation {
         service_id: "math".into(),
         method_id: "add".into(),
-        args: codec::encode_args(&(a, b)).unwrap(),
+        args: codec::encode_args(&(a, b)).unwrap().into(),
         deadline: None,
         idempotency_key: None,
         trace: Default::default(),
         attempt: 1,
         cast: false,
+        stream: false,
+        limits: Default::default(),
     };
     let text = transport.invoke(endpoint, &inv).await.unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
+    let v: Value = serde_json::from_str(text.json_text().unwrap()).unwrap();
     v["json"].as_i64().unwrap()
 }
 

@@ -27,15 +27,17 @@ async fn add(endpoint: &Endpoint, a: i64, b: i64) -> i64 {
     let inv = Invocation {
         service_id: "math".into(),
         method_id: "add".into(),
-        args: codec::encode_args(&(a, b)).unwrap(),
+        args: codec::encode_args(&(a, b)).unwrap().into(),
         deadline: Some(tokio::time::Instant::now() + Duration::from_secs(10)),
         idempotency_key: None,
         trace: Default::default(),
         attempt: 1,
         cast: false,
+        stream: false,
+        limits: Default::default(),
     };
     let text = HttpTransport::new().invoke(endpoint, &inv).await.unwrap();
-    serde_json::from_str::<Value>(&text).unwrap()["json"]
+    serde_json::from_str::<Value>(text.json_text().unwrap()).unwrap()["json"]
         .as_i64()
         .unwrap()
 }

@@ -3,10 +3,12 @@
 //! - `local call`: `Flame::call` in local mode vs awaiting the same handler directly — the
 //!   overhead local mode adds (goal: < 1 µs);
 //! - `codec`: a request's encode (arguments + envelope, as a parent sends it) and decode
-//!   (envelope + arguments, as a runner reads it), small (`math/add(2, 3)`) and 64 KiB;
+//!   (envelope + arguments, as a runner reads it), small (`math/add(2, 3)`) and 64 KiB, on the
+//!   JSON wire and in the binary codec (envelope headers + bincode);
 //! - `pool checkout+release`: one lease taken and given back on an `ElasticPool` (fake
 //!   in-memory backend) and a `StaticPool` of 10, 100 and 1000 runners (goal: < 2 µs, flat);
-//! - `hmac`: signing and verifying a request body, small and 64 KiB.
+//! - `hmac`: signing and verifying a request body, small and 64 KiB — keyed from the secret per
+//!   message, and from the cached keyed state (`Signer`) as flame-http does now.
 //!
 //! ```sh
 //! cargo bench -p flame-bench --bench micro            # all
@@ -70,12 +72,14 @@ fn invocation(args: String) -> Invocation {
     Invocation {
         service_id: "text".into(),
         method_id: "len".into(),
-        args,
+        args: args.into(),
         deadline: Some(tokio::time::Instant::now() + Duration::from_secs(30)),
         idempotency_key: None,
         trace: Default::default(),
         attempt: 1,
         cast: false,
+        stream: false,
+        limits: Default::default(),
     }
 }
 
@@ -84,13 +88,22 @@ fn codec_bench(c: &mut Criterion) {
     let _guard = rt.enter(); // `Invocation` deadlines are tokio instants
     let mut g = c.benchmark_group("codec");
     let big = (big_text(),);
-    let small_wire =
-        serde_json::to_vec(&invocation(codec::encode_args(&(2i64, 3i64)).unwrap()).to_request()).unwrap();
-    let big_wire = serde_json::to_vec(&invocation(codec::encode_args(&big).unwrap()).to_request()).unwrap();
+    let small_wire = serde_json::to_vec(
+        &invocation(codec::encode_args(&(2i64, 3i64)).unwrap())
+            .to_request()
+            .unwrap(),
+    )
+    .unwrap();
+    let big_wire = serde_json::to_vec(
+        &invocation(codec::encode_args(&big).unwrap())
+            .to_request()
+            .unwrap(),
+    )
+    .unwrap();
     g.bench_function("encode request, small (math/add)", |b| {
         b.iter(|| {
             let inv = invocation(codec::encode_args(black_box(&(2i64, 3i64))).unwrap());
-            serde_json::to_vec(&inv.to_request()).unwrap()
+            serde_json::to_vec(&inv.to_request().unwrap()).unwrap()
         })
     });
     g.bench_function("decode request, small (math/add)", |b| {
@@ -102,13 +115,47 @@ fn codec_bench(c: &mut Criterion) {
     g.bench_function("encode request, 64 KiB string", |b| {
         b.iter(|| {
             let inv = invocation(codec::encode_args(black_box(&big)).unwrap());
-            serde_json::to_vec(&inv.to_request()).unwrap()
+            serde_json::to_vec(&inv.to_request().unwrap()).unwrap()
         })
     });
     g.bench_function("decode request, 64 KiB string", |b| {
         b.iter(|| {
             let req: InvocationRequest = serde_json::from_slice(black_box(&big_wire)).unwrap();
             codec::decode_args::<(String,)>(&req.args).unwrap()
+        })
+    });
+    // The binary codec: the envelope as headers, the arguments in bincode.
+    let binary_request = |args: &dyn Fn() -> Vec<u8>| {
+        let inv = invocation(String::new());
+        let payload = args();
+        let headers =
+            flame_http::wire::headers(&inv.envelope(String::new()), "", payload.len() as u64).unwrap();
+        (headers, payload)
+    };
+    let small_bin = binary_request(&|| codec::binary::encode(&(2i64, 3i64)).unwrap());
+    let big_bin = binary_request(&|| codec::binary::encode(&big).unwrap());
+    g.bench_function("encode request, small (math/add), binary", |b| {
+        b.iter(|| binary_request(&|| codec::binary::encode(black_box(&(2i64, 3i64))).unwrap()))
+    });
+    g.bench_function("decode request, small (math/add), binary", |b| {
+        b.iter(|| {
+            let env = flame_http::wire::read_envelope(black_box(&small_bin.0)).unwrap();
+            (
+                env.request.service_id,
+                codec::binary::decode::<(i64, i64)>(&small_bin.1).unwrap(),
+            )
+        })
+    });
+    g.bench_function("encode request, 64 KiB string, binary", |b| {
+        b.iter(|| binary_request(&|| codec::binary::encode(black_box(&big)).unwrap()))
+    });
+    g.bench_function("decode request, 64 KiB string, binary", |b| {
+        b.iter(|| {
+            let env = flame_http::wire::read_envelope(black_box(&big_bin.0)).unwrap();
+            (
+                env.request.service_id,
+                codec::binary::decode::<(String,)>(&big_bin.1).unwrap(),
+            )
         })
     });
     g.finish();
@@ -170,10 +217,18 @@ fn hmac_bench(c: &mut Criterion) {
     let rt = current_thread();
     let _guard = rt.enter();
     let secret = Secret::generate();
-    let small =
-        serde_json::to_vec(&invocation(codec::encode_args(&(2i64, 3i64)).unwrap()).to_request()).unwrap();
-    let big =
-        serde_json::to_vec(&invocation(codec::encode_args(&(big_text(),)).unwrap()).to_request()).unwrap();
+    let small = serde_json::to_vec(
+        &invocation(codec::encode_args(&(2i64, 3i64)).unwrap())
+            .to_request()
+            .unwrap(),
+    )
+    .unwrap();
+    let big = serde_json::to_vec(
+        &invocation(codec::encode_args(&(big_text(),)).unwrap())
+            .to_request()
+            .unwrap(),
+    )
+    .unwrap();
     let mut g = c.benchmark_group("hmac");
     for (name, body) in [
         (format!("{} B request", small.len()), &small),
@@ -185,6 +240,13 @@ fn hmac_bench(c: &mut Criterion) {
         });
         g.bench_function(format!("verify {name}"), |b| {
             b.iter(|| flame_http::sign::verify(&secret, black_box(body), &sig))
+        });
+        let signer = flame_http::sign::Signer::new(&secret);
+        g.bench_function(format!("sign {name}, cached key"), |b| {
+            b.iter(|| signer.sign(black_box(body)))
+        });
+        g.bench_function(format!("verify {name}, cached key"), |b| {
+            b.iter(|| signer.verify(black_box(body), &sig))
         });
     }
     g.finish();

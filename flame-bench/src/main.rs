@@ -5,20 +5,27 @@
 //! ```text
 //! flame-bench [--connections N] [--warmup-ms MS] [--duration-ms MS] [--max-requests N]
 //!             [--client-threads N] [--repeat N] [--rounds N] [--no-bun] [--no-docker] [--quick]
+//!             [--no-payloads] [--sizes-mib 1,16,256] [--payload-reps N] [--stream-calls N]
+//!             [--sustained-ms MS]
 //! flame-bench echo-server        # the raw hyper echo server (started by the run itself)
-//! flame-bench load URL [--secret S] [--echo] [flags]   # only the load generator
+//! flame-bench runner             # our runner (FLAME_* from the environment)
+//! flame-bench load URL [--secret S] [--echo] [--binary] [flags]   # only the load generator
 //! ```
 //!
 //! Environment: `FLAME_BENCH_RUNNER` (a prebuilt `interop` binary; else the run builds it with
 //! cargo in its own profile), and Bun as the interop tests find it (`FLAME_BUN`, the cache of
 //! `.ci/setup/30-bun.sh`, `PATH`; `FLAME_REFERENCE_JS`).
 
+use bytes::Bytes;
 use flame_bench::loadgen::{self, LoadConfig, RequestKind};
+use flame_bench::methods::ADD;
+use flame_bench::payload::{self, RawClient, StreamTiming};
 use flame_bench::procs::{self, Bun, Child, TempDir};
 use flame_bench::stats::{human, Summary};
+use flame_core::codec::Codec;
 use flame_core::pool::RunnerTemplate;
 use flame_core::{
-    Backend, Context, Flame, Invocation, LocalProcess, Method, Mode, PoolConfig, Registry, Secret, Transport,
+    Backend, Config, Endpoint, Flame, Invocation, LocalProcess, Mode, PoolConfig, Registry, Secret, Transport,
 };
 use flame_http::{ClientOptions, HttpExt, HttpTransport};
 use std::net::SocketAddr;
@@ -29,8 +36,6 @@ use std::time::Duration;
 use tokio::process::Command;
 use tokio::time::Instant;
 
-/// The method every row measures.
-const ADD: Method<(i64, i64), i64> = Method::new("math", "add");
 /// The reference's runner and parent scripts (written to a temporary copy of the reference).
 const TS_RUNNER: &str = include_str!("../ts/bench_runner.ts");
 const TS_PARENT: &str = include_str!("../ts/bench_parent.ts");
@@ -43,13 +48,20 @@ struct Args {
     rounds: usize,
     bun: bool,
     docker: bool,
+    payloads: bool,
+    sizes_mib: Vec<u64>,
+    payload_reps: usize,
+    stream_calls: usize,
+    sustained: Option<Duration>,
 }
 
 fn usage(err: &str) -> ! {
     eprintln!("flame-bench: {err}");
     eprintln!(
         "usage: flame-bench [--connections N] [--warmup-ms MS] [--duration-ms MS] [--max-requests N] \
-         [--client-threads N] [--repeat N] [--rounds N] [--no-bun] [--no-docker] [--quick] | echo-server"
+         [--client-threads N] [--repeat N] [--rounds N] [--no-bun] [--no-docker] [--quick] [--no-payloads] \
+         [--sizes-mib 1,16,256] [--payload-reps N] [--stream-calls N] [--sustained-ms MS] | echo-server | runner \
+         | load URL [--secret S] [--echo] [--binary]"
     );
     std::process::exit(2)
 }
@@ -62,6 +74,11 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
         rounds: 10,
         bun: true,
         docker: true,
+        payloads: true,
+        sizes_mib: vec![1, 16, 256],
+        payload_reps: 3,
+        stream_calls: 20,
+        sustained: None,
     };
     while let Some(flag) = it.next() {
         let mut num = |name: &str| -> u64 {
@@ -79,10 +96,24 @@ fn parse_args(mut it: impl Iterator<Item = String>) -> Args {
             "--rounds" => a.rounds = num("--rounds").max(1) as usize,
             "--no-bun" => a.bun = false,
             "--no-docker" => a.docker = false,
+            "--no-payloads" => a.payloads = false,
+            "--payload-reps" => a.payload_reps = num("--payload-reps").max(1) as usize,
+            "--stream-calls" => a.stream_calls = num("--stream-calls").max(1) as usize,
+            "--sustained-ms" => a.sustained = Some(Duration::from_millis(num("--sustained-ms").max(1))),
+            "--sizes-mib" => {
+                a.sizes_mib = it
+                    .next()
+                    .map(|v| v.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+                    .filter(|v: &Vec<u64>| !v.is_empty())
+                    .unwrap_or_else(|| usage("--sizes-mib needs sizes, e.g. 1,16,256"));
+            }
             "--quick" => {
                 a.load.warmup = Duration::from_millis(200);
                 a.load.duration = Duration::from_millis(1000);
                 a.rounds = 3;
+                a.sizes_mib = vec![1, 16];
+                a.payload_reps = 1;
+                a.stream_calls = 5;
             }
             other => usage(&format!("unknown argument {other:?}")),
         }
@@ -130,13 +161,13 @@ async fn echo_server() {
     flame_bench::echo::serve(listener).await
 }
 
-/// Our runner: this binary in runner mode (flame's one-binary model), serving `math/add` with
-/// the `interop` example's handler through the flame-http server (`Flame::builder(..).http()`),
-/// configured from the environment (`FLAME_SECRET`, `FLAME_LISTEN`, …). Prints
-/// `FLAME_READY <url>`; serves until SIGTERM.
+/// Our runner: this binary in runner mode (flame's one-binary model), serving
+/// [`flame_bench::methods`] (`math/add`, the payload methods, the streamed `bench/ticks`)
+/// through the flame-http server (`Flame::builder(..).http()`), configured from the environment
+/// (`FLAME_SECRET`, `FLAME_LISTEN`, …). Prints `FLAME_READY <url>`; serves until SIGTERM.
 #[tokio::main]
 async fn runner() {
-    let registry = Registry::new().handle(ADD, |_ctx: Context, (a, b): (i64, i64)| async move { Ok(a + b) });
+    let registry = flame_bench::methods::registry();
     let built = Flame::builder(registry).http().mode(Mode::Runner).from_env();
     let served = match built {
         Ok(b) => b.serve_runner().await,
@@ -153,20 +184,22 @@ async fn runner() {
 /// request). Prints the summary.
 fn load_only(mut argv: impl Iterator<Item = String>) {
     let url = argv.next().unwrap_or_else(|| usage("load needs a URL"));
-    let (mut secret, mut echo, mut rest) = (None, false, Vec::new());
+    let (mut secret, mut echo, mut binary, mut rest) = (None, false, false, Vec::new());
     while let Some(a) = argv.next() {
         match a.as_str() {
             "--secret" => secret = argv.next().map(Secret::new),
             "--echo" => echo = true,
+            "--binary" => binary = true,
             _ => rest.push(a),
         }
     }
     let args = parse_args(rest.into_iter());
     let addr = addr_of(&url).unwrap_or_else(|e| usage(&e));
-    let kind = if echo {
-        RequestKind::echo()
-    } else {
-        RequestKind::math_add(secret)
+    let codec = if binary { Codec::Binary } else { Codec::Json };
+    let kind = match (echo, codec) {
+        (true, _) => RequestKind::echo(codec),
+        (false, Codec::Json) => RequestKind::math_add(secret),
+        (false, Codec::Binary) => RequestKind::math_add_binary(secret),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(args.client_threads)
@@ -198,6 +231,8 @@ struct Row {
     cpu_per_req: Option<Duration>,
     /// The row whose requests/s this row is compared with in "vs flame-js".
     peer: Option<usize>,
+    /// The echo row this row is compared with in "vs hyper" (same request shape).
+    floor: usize,
 }
 
 fn repo_root() -> PathBuf {
@@ -327,6 +362,7 @@ struct Target {
     server: Result<Server, String>,
     kind: RequestKind,
     peer: Option<usize>,
+    floor: usize,
 }
 
 /// Measures every server: all are started first (idle RSS read then), and the `repeat` runs go
@@ -369,6 +405,7 @@ async fn measure_servers(targets: Vec<Target>, args: &Args) -> Vec<Row> {
                 idle_rss_kib: idle,
                 cpu_per_req,
                 peer: t.peer,
+                floor: t.floor,
             }
         })
         .collect()
@@ -456,6 +493,7 @@ async fn measure_parents(
             peak_rss_kib: None,
             cpu_per_req: None,
             peer: Some(1),
+            floor: 0,
         },
         Row {
             name: "flame-js parent → flame-js runner (Bun)".into(),
@@ -464,6 +502,7 @@ async fn measure_parents(
             peak_rss_kib: None,
             cpu_per_req: None,
             peer: None,
+            floor: 0,
         },
     ]
 }
@@ -544,6 +583,7 @@ async fn ref_parent_once(
             .get("firstError")
             .and_then(serde_json::Value::as_str)
             .map(str::to_owned),
+        overloaded: 0,
     })
 }
 
@@ -564,7 +604,7 @@ async fn spawn_bench(bin: &RunnerCmd, rounds: usize) -> Result<SpawnResult, Stri
         Secret::generate(),
         transport.clone(),
     );
-    let args = flame_core::codec::encode_args(&(2i64, 3i64)).map_err(|e| e.to_string())?;
+    let args = flame_core::Args::typed((2i64, 3i64));
     let mut out = SpawnResult {
         ready: vec![],
         first: vec![],
@@ -586,14 +626,19 @@ async fn spawn_bench(bin: &RunnerCmd, rounds: usize) -> Result<SpawnResult, Stri
             trace: Default::default(),
             attempt: 1,
             cast: false,
+            stream: false,
+            limits: Default::default(),
         };
-        let result = transport.invoke(&handle.endpoint, &inv).await;
+        let result = match transport.invoke(&handle.endpoint, &inv).await {
+            Ok(reply) => reply.decode::<i64>().await,
+            Err(e) => Err(e),
+        };
         let first = t0.elapsed();
         tokio::time::sleep(Duration::from_millis(200)).await;
         let rss = handle.backend_id.parse().ok().and_then(procs::rss_kib);
         let _ = backend.terminate(&handle).await;
-        match result.as_deref() {
-            Ok(r#"{"json":5}"#) => {}
+        match result {
+            Ok(5) => {}
             other => return Err(format!("first call: {other:?}")),
         }
         if round > 0 {
@@ -745,40 +790,77 @@ async fn run(args: Args) -> i32 {
             start_ref_runner(b, d, signed.then_some(&secret)).await
         }
     };
+    // Rows: the two floors (the same requests, echoed), our runner in the binary codec (what a
+    // flame-rs parent sends it) and on the JSON wire (what the reference's parent sends), the
+    // reference. `peer` is the flame-js row compared with, `floor` the echo row.
     let targets = vec![
         Target {
-            name: "raw hyper echo (floor)",
+            name: "raw hyper echo, JSON request (floor)",
             server: start_echo().await,
-            kind: RequestKind::echo(),
+            kind: RequestKind::echo(Codec::Json),
             peer: None,
+            floor: 0,
         },
         Target {
-            name: "flame-rs runner, signed",
+            name: "raw hyper echo, binary request (floor)",
+            server: start_echo().await,
+            kind: RequestKind::echo(Codec::Binary),
+            peer: None,
+            floor: 1,
+        },
+        Target {
+            name: "flame-rs runner, signed, binary",
+            server: start_our_runner(&bin, Some(&secret)).await,
+            kind: RequestKind::math_add_binary(Some(secret.clone())),
+            peer: Some(6),
+            floor: 1,
+        },
+        Target {
+            name: "flame-rs runner, unsigned, binary",
+            server: start_our_runner(&bin, None).await,
+            kind: RequestKind::math_add_binary(None),
+            peer: Some(7),
+            floor: 1,
+        },
+        Target {
+            name: "flame-rs runner, signed, JSON",
             server: start_our_runner(&bin, Some(&secret)).await,
             kind: RequestKind::math_add(Some(secret.clone())),
-            peer: Some(3),
+            peer: Some(6),
+            floor: 0,
         },
         Target {
-            name: "flame-rs runner, unsigned",
+            name: "flame-rs runner, unsigned, JSON",
             server: start_our_runner(&bin, None).await,
             kind: RequestKind::math_add(None),
-            peer: Some(4),
+            peer: Some(7),
+            floor: 0,
         },
         Target {
             name: "flame-js runner (Bun), signed",
             server: ref_server(true).await,
             kind: RequestKind::math_add(Some(secret.clone())),
             peer: None,
+            floor: 0,
         },
         Target {
             name: "flame-js runner (Bun), unsigned",
             server: ref_server(false).await,
             kind: RequestKind::math_add(None),
             peer: None,
+            floor: 0,
         },
     ];
     let rows = measure_servers(targets, &args).await;
     let parent_rows = measure_parents(&bin, reference.clone(), &args).await;
+    let payloads = if args.payloads {
+        eprintln!("== payloads");
+        payload_bench(&bin, &args.sizes_mib, args.payload_reps).await
+    } else {
+        Vec::new()
+    };
+    eprintln!("== streamed result, first item");
+    let stream = stream_bench(&bin, args.stream_calls).await;
 
     eprintln!("== spawn → first result (LocalProcess)");
     let spawn = spawn_bench(&bin, args.rounds).await;
@@ -787,21 +869,35 @@ async fn run(args: Args) -> i32 {
     } else {
         Err("--no-docker".into())
     };
+    let sustained = match args.sustained {
+        Some(d) => {
+            eprintln!("== sustained, {} s", d.as_secs());
+            Some(sustained_run(&bin, d, args.load.connections).await)
+        }
+        None => None,
+    };
     let load_after = loadavg();
 
     // ---- the tables ----
-    let echo = rows[0].result.as_ref().ok().cloned();
-    let echo_rps = echo.as_ref().map_or(0.0, Summary::rps);
-    let echo_p50 = echo.as_ref().map_or(0.0, |e| e.p50.as_secs_f64());
+    let rps_of = |i: usize| {
+        rows.get(i)
+            .and_then(|r| r.result.as_ref().ok())
+            .map_or(0.0, Summary::rps)
+    };
+    let p50_of = |i: usize| {
+        rows.get(i)
+            .and_then(|r| r.result.as_ref().ok())
+            .map_or(0.0, |s| s.p50.as_secs_f64())
+    };
     println!("## Servers: one load generator, math/add");
     println!();
     println!(
         "| server | requests/s | p50 | p99 | errors | rps vs hyper | p50 vs hyper | rps vs flame-js \
-         | server CPU per request | calls per CPU-second vs flame-js | idle RSS | peak RSS |"
+         | server CPU per request | CPU per request vs hyper | calls per CPU-second vs flame-js | idle RSS | peak RSS |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in &rows {
-        print_row(row, &rows, echo_rps, echo_p50, true);
+        print_row(row, &rows, rps_of(row.floor), p50_of(row.floor), true);
     }
     println!();
     println!(
@@ -815,6 +911,8 @@ async fn run(args: Args) -> i32 {
         print_row(row, &parent_rows, 0.0, 0.0, false);
     }
     println!();
+    let payload_goals = print_payloads(&payloads, args.payload_reps);
+    let stream_first = print_stream(&stream);
     println!("## Spawn → first result");
     println!();
     let mut spawn_first_ms = None;
@@ -854,24 +952,28 @@ async fn run(args: Args) -> i32 {
         Err(e) => println!("Docker: skipped — {e}"),
     }
     println!();
+    if let Some(result) = &sustained {
+        print_sustained(result);
+    }
     println!("## Goals");
     println!();
-    let rps = |i: usize| rows[i].result.as_ref().map_or(0.0, Summary::rps);
-    let p50 = |i: usize| rows[i].result.as_ref().map_or(0.0, |s| s.p50.as_secs_f64());
     let verdict = |ok: bool, have: bool| match (have, ok) {
         (false, _) => "n/a",
         (true, true) => "met",
         (true, false) => "MISSED",
     };
     let goal = |text: String, ok: bool, have: bool| println!("- {text}: **{}**", verdict(ok, have));
-    let cpu = |i: usize| rows[i].cpu_per_req.map_or(0.0, |d| d.as_secs_f64());
-    for (ours, theirs, what) in [(1, 3, "signed"), (2, 4, "unsigned")] {
-        let r = rps(ours) / rps(theirs).max(f64::MIN_POSITIVE);
-        goal(
-            format!("runner ≥ 3× flame-js requests/s on the shared client ({what}): {r:.2}×"),
-            r >= 3.0,
-            rps(ours) > 0.0 && rps(theirs) > 0.0,
-        );
+    let cpu = |i: usize| {
+        rows.get(i)
+            .and_then(|r| r.cpu_per_req)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
+    for (ours, theirs, what) in [
+        (2, 6, "signed, binary"),
+        (3, 7, "unsigned, binary"),
+        (4, 6, "signed, JSON"),
+        (5, 7, "unsigned, JSON"),
+    ] {
         let c = cpu(theirs) / cpu(ours).max(f64::MIN_POSITIVE);
         goal(
             format!("runner ≥ 3× flame-js calls per CPU-second of the server ({what}): {c:.2}×"),
@@ -879,10 +981,18 @@ async fn run(args: Args) -> i32 {
             cpu(ours) > 0.0 && cpu(theirs) > 0.0,
         );
     }
-    for (i, what) in [(1, "signed"), (2, "unsigned")] {
-        let r = rps(i) / echo_rps.max(f64::MIN_POSITIVE);
-        let p = p50(i) / echo_p50.max(f64::MIN_POSITIVE);
-        let have = rps(i) > 0.0 && echo_rps > 0.0;
+    for (ours, floor, what) in [(2, 1, "signed, binary"), (4, 0, "signed, JSON")] {
+        let c = cpu(ours) / cpu(floor).max(f64::MIN_POSITIVE);
+        goal(
+            format!("signed runner CPU per request ≤ 1.5× raw hyper echo ({what}; CPU-seconds): {c:.2}×"),
+            c <= 1.5,
+            cpu(ours) > 0.0 && cpu(floor) > 0.0,
+        );
+    }
+    for (i, what) in [(2, "signed, binary"), (3, "unsigned, binary")] {
+        let r = rps_of(i) / rps_of(1).max(f64::MIN_POSITIVE);
+        let p = p50_of(i) / p50_of(1).max(f64::MIN_POSITIVE);
+        let have = rps_of(i) > 0.0 && rps_of(1) > 0.0;
         goal(
             format!("runner ≥ 0.75× raw hyper rps ({what}): {r:.2}×"),
             r >= 0.75,
@@ -892,6 +1002,30 @@ async fn run(args: Args) -> i32 {
             format!("runner p50 ≤ 1.3× raw hyper ({what}): {p:.2}×"),
             p <= 1.3,
             have,
+        );
+    }
+    for (text, ok) in payload_goals {
+        goal(text, ok, true);
+    }
+    if let Some(first) = stream_first {
+        let ms = first.as_secs_f64() * 1e3;
+        goal(
+            format!("streamed result: first item at the caller < 5 ms after the handler yields it (median): {ms:.2} ms"),
+            ms < 5.0,
+            true,
+        );
+    }
+    if let Some(Ok(s)) = &sustained {
+        goal(
+            format!(
+                "sustained signed run ({} s at {:.0} calls/s): zero 503s — {} 503s, {} other errors",
+                s.summary.elapsed.as_secs(),
+                s.summary.rps(),
+                s.summary.overloaded,
+                s.summary.errors.saturating_sub(s.summary.overloaded)
+            ),
+            s.summary.overloaded == 0,
+            true,
         );
     }
     goal(
@@ -908,6 +1042,7 @@ async fn run(args: Args) -> i32 {
         spawn_rss.is_some(),
     );
     println!("- local-mode overhead, pool checkout, codec, HMAC: `cargo bench -p flame-bench` (criterion)");
+    println!("- instructions per request: `flame-bench/callgrind.sh`");
     println!();
     println!("load average after: {load_after}");
     for row in rows.iter().chain(parent_rows.iter()) {
@@ -918,6 +1053,346 @@ async fn run(args: Args) -> i32 {
         }
     }
     0
+}
+
+/// One payload case: a size and a direction, raw hyper and our runner (signed and unsigned).
+struct PayloadRow {
+    mib: u64,
+    up: bool,
+    raw: Result<Duration, String>,
+    signed: Result<Duration, String>,
+    unsigned: Result<Duration, String>,
+    /// Peak RSS (`VmHWM`) of the runner process of each case, KiB.
+    rss_signed: Option<u64>,
+    rss_unsigned: Option<u64>,
+}
+
+fn median_of(times: &[Duration]) -> Option<Duration> {
+    (!times.is_empty()).then(|| median(times))
+}
+
+/// `reps` transfers of each case, round-robin over raw / signed / unsigned; each case's runners
+/// are fresh processes, so their peak RSS is that case's.
+async fn payload_bench(bin: &RunnerCmd, sizes_mib: &[u64], reps: usize) -> Vec<PayloadRow> {
+    let echo = match start_echo().await {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("flame-bench: payloads skipped, no echo server: {e}");
+            return Vec::new();
+        }
+    };
+    let raw = RawClient::default();
+    let mut rows = Vec::new();
+    for &mib in sizes_mib {
+        let n = mib << 20;
+        let data = Bytes::from(vec![0x5Au8; n as usize]);
+        for up in [true, false] {
+            let mut case = PayloadRow {
+                mib,
+                up,
+                raw: Err("not run".into()),
+                signed: Err("not run".into()),
+                unsigned: Err("not run".into()),
+                rss_signed: None,
+                rss_unsigned: None,
+            };
+            let mut runners = Vec::new();
+            for signed in [true, false] {
+                let secret = signed.then(Secret::generate);
+                let started = start_our_runner(bin, secret.as_ref()).await.map(|server| {
+                    let endpoint =
+                        Endpoint::new(format!("http://{}", server.addr), "bench-runner").with_secret(secret);
+                    (server, endpoint, HttpTransport::new())
+                });
+                if let Ok((_, endpoint, transport)) = &started {
+                    // Learns the runner's codecs (as a pool's readiness probe does).
+                    let _ = transport.ping(endpoint).await;
+                }
+                runners.push(started);
+            }
+            let (mut t_raw, mut t_signed, mut t_unsigned) = (Vec::new(), Vec::new(), Vec::new());
+            for rep in 0..reps {
+                eprintln!(
+                    "   {mib} MiB {} (rep {}/{reps})",
+                    if up { "up" } else { "down" },
+                    rep + 1
+                );
+                let r = if up {
+                    raw.upload(echo.addr, data.clone()).await
+                } else {
+                    raw.download(echo.addr, n as usize).await
+                };
+                match r {
+                    Ok(t) => t_raw.push(t),
+                    Err(e) => case.raw = Err(e),
+                }
+                for (i, runner) in runners.iter().enumerate() {
+                    let Ok((_, endpoint, transport)) = runner else {
+                        continue;
+                    };
+                    let r = if up {
+                        payload::flame_upload(transport, endpoint, data.clone()).await
+                    } else {
+                        payload::flame_download(transport, endpoint, n).await
+                    };
+                    let (times, slot) = if i == 0 {
+                        (&mut t_signed, &mut case.signed)
+                    } else {
+                        (&mut t_unsigned, &mut case.unsigned)
+                    };
+                    match r {
+                        Ok(t) => times.push(t),
+                        Err(e) => *slot = Err(e),
+                    }
+                }
+            }
+            if let Some(t) = median_of(&t_raw) {
+                case.raw = Ok(t);
+            }
+            if let Some(t) = median_of(&t_signed) {
+                case.signed = Ok(t);
+            }
+            if let Some(t) = median_of(&t_unsigned) {
+                case.unsigned = Ok(t);
+            }
+            case.rss_signed = runners.first().and_then(runner_peak_rss);
+            case.rss_unsigned = runners.get(1).and_then(runner_peak_rss);
+            if let Err(e) = &runners[0] {
+                case.signed = Err(e.clone());
+            }
+            rows.push(case);
+        }
+    }
+    rows
+}
+
+/// The peak RSS of a payload case's runner, if it started.
+fn runner_peak_rss(r: &Result<(Server, Endpoint, HttpTransport), String>) -> Option<u64> {
+    r.as_ref().ok().and_then(|(s, _, _)| s.peak_rss())
+}
+
+/// Prints the payload table; returns the goals it decides.
+fn print_payloads(rows: &[PayloadRow], reps: usize) -> Vec<(String, bool)> {
+    let mut goals = Vec::new();
+    if rows.is_empty() {
+        return goals;
+    }
+    println!("## Payloads: through a runner vs raw hyper, median of {reps}");
+    println!();
+    println!("| payload | direction | raw hyper | flame signed | vs raw | flame unsigned | vs raw | runner peak RSS signed / unsigned | RSS goal (payload + 32 MiB) |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|---:|");
+    let ms = |r: &Result<Duration, String>| match r {
+        Ok(d) => format!("{:.1} ms", d.as_secs_f64() * 1e3),
+        Err(e) => format!("failed: {e}"),
+    };
+    let secs = |r: &Result<Duration, String>| r.as_ref().map_or(0.0, |d| d.as_secs_f64());
+    for row in rows {
+        let dir = if row.up {
+            "up (parent → runner)"
+        } else {
+            "down (runner → parent)"
+        };
+        let budget = (row.mib + 32) * 1024;
+        println!(
+            "| {} MiB | {dir} | {} | {} | {} | {} | {} | {} / {} | {} |",
+            row.mib,
+            ms(&row.raw),
+            ms(&row.signed),
+            ratio(secs(&row.signed), secs(&row.raw)),
+            ms(&row.unsigned),
+            ratio(secs(&row.unsigned), secs(&row.raw)),
+            mib(row.rss_signed),
+            mib(row.rss_unsigned),
+            mib(Some(budget)),
+        );
+        if row.mib >= 16 {
+            let r = secs(&row.signed) / secs(&row.raw).max(f64::MIN_POSITIVE);
+            goals.push((
+                format!(
+                    "{} MiB {} signed ≤ 2× raw hyper: {r:.2}×",
+                    row.mib,
+                    if row.up { "up" } else { "down" }
+                ),
+                r <= 2.0 && secs(&row.signed) > 0.0,
+            ));
+        }
+        let peak = row
+            .rss_signed
+            .into_iter()
+            .chain(row.rss_unsigned)
+            .max()
+            .unwrap_or(0);
+        goals.push((
+            format!(
+                "{} MiB {}: runner peak RSS ≤ payload + 32 MiB: {}",
+                row.mib,
+                if row.up { "up" } else { "down" },
+                mib(Some(peak))
+            ),
+            peak > 0 && peak <= budget,
+        ));
+    }
+    println!();
+    goals
+}
+
+/// `calls` streamed calls of 10 000 items from our runner (signed) through a flame parent.
+async fn stream_bench(bin: &RunnerCmd, calls: usize) -> Result<Vec<StreamTiming>, String> {
+    let secret = Secret::generate();
+    let server = start_our_runner(bin, Some(&secret)).await?;
+    let mut config = Config::default();
+    config.secret = Some(secret);
+    let flame = Flame::builder(Registry::new())
+        .http()
+        .mode(Mode::Parent)
+        .handle_signals(false)
+        .runner_urls(vec![format!("http://{}", server.addr)])
+        .config(config)
+        .start()
+        .await
+        .map_err(|e| format!("cannot start the parent: {e}"))?;
+    let mut out = Vec::new();
+    let mut failed = None;
+    for i in 0..=calls {
+        match payload::stream_once(&flame, 10_000).await {
+            Ok(t) if i > 0 => out.push(t),
+            Ok(_) => {} // the first call: connections and the codec probe
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    let _ = flame.shutdown().await;
+    drop(server);
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(out),
+    }
+}
+
+/// Prints the streamed-result table; returns the median first-item latency.
+fn print_stream(result: &Result<Vec<StreamTiming>, String>) -> Option<Duration> {
+    println!("## Streamed result: 10 000 items from a runner (signed, binary)");
+    println!();
+    let timings = match result {
+        Ok(t) if !t.is_empty() => t,
+        Ok(_) => {
+            println!("no calls measured");
+            println!();
+            return None;
+        }
+        Err(e) => {
+            println!("failed: {e}");
+            println!();
+            return None;
+        }
+    };
+    let ms = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
+    let stats = |f: fn(&StreamTiming) -> Duration| {
+        let mut v: Vec<Duration> = timings.iter().map(f).collect();
+        v.sort();
+        (v[v.len() / 2], v[v.len() - 1])
+    };
+    let (first_med, first_max) = stats(|t| t.first_item);
+    let (call_med, call_max) = stats(|t| t.first_after_call);
+    let (all_med, all_max) = stats(|t| t.all_items);
+    println!("| {} calls | median | max |", timings.len());
+    println!("|---|---:|---:|");
+    println!(
+        "| first item: handler yields it → caller has it | {} | {} |",
+        ms(first_med),
+        ms(first_max)
+    );
+    println!(
+        "| first item after the call | {} | {} |",
+        ms(call_med),
+        ms(call_max)
+    );
+    println!(
+        "| all 10 000 items after the call | {} | {} |",
+        ms(all_med),
+        ms(all_max)
+    );
+    println!();
+    Some(first_med)
+}
+
+/// What a sustained run measured.
+struct Sustained {
+    summary: Summary,
+    rss_start_kib: Option<u64>,
+    rss_max_kib: Option<u64>,
+    rss_end_kib: Option<u64>,
+}
+
+/// Drives our signed runner with binary `math/add` for `duration` (after a 2 s warm-up) at the
+/// highest rate the load generator reaches, sampling the runner's RSS every 5 s.
+async fn sustained_run(bin: &RunnerCmd, duration: Duration, connections: usize) -> Result<Sustained, String> {
+    let secret = Secret::generate();
+    let server = start_our_runner(bin, Some(&secret)).await?;
+    let pid = server.child.pid();
+    let rss_start_kib = pid.and_then(procs::rss_kib);
+    let load = LoadConfig {
+        connections,
+        warmup: Duration::from_secs(2),
+        duration,
+        max_requests: u64::MAX,
+    };
+    let kind = RequestKind::math_add_binary(Some(secret));
+    let done = std::sync::Arc::new(tokio::sync::Notify::new());
+    let sampler = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut max = 0;
+            loop {
+                if let Some(k) = pid.and_then(procs::rss_kib) {
+                    max = max.max(k);
+                }
+                tokio::select! {
+                    _ = done.notified() => return max,
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                }
+            }
+        })
+    };
+    let summary = loadgen::run(server.addr, &kind, &load).await;
+    let rss_end_kib = pid.and_then(procs::rss_kib);
+    done.notify_one();
+    let rss_max_kib = sampler.await.ok().filter(|m| *m > 0);
+    Ok(Sustained {
+        summary,
+        rss_start_kib,
+        rss_max_kib,
+        rss_end_kib,
+    })
+}
+
+fn print_sustained(result: &Result<Sustained, String>) {
+    println!("## Sustained: signed binary math/add, as fast as the load generator goes");
+    println!();
+    match result {
+        Ok(s) => {
+            println!(
+                "| measured | calls/s | p50 | p99 | 503s | other errors | runner RSS start / max / end |"
+            );
+            println!("|---:|---:|---:|---:|---:|---:|---:|");
+            println!(
+                "| {} s | {:.0} | {} | {} | {} | {} | {} / {} / {} |",
+                s.summary.elapsed.as_secs(),
+                s.summary.rps(),
+                human(s.summary.p50),
+                human(s.summary.p99),
+                s.summary.overloaded,
+                s.summary.errors.saturating_sub(s.summary.overloaded),
+                mib(s.rss_start_kib),
+                mib(s.rss_max_kib),
+                mib(s.rss_end_kib)
+            );
+        }
+        Err(e) => println!("failed: {e}"),
+    }
+    println!();
 }
 
 fn print_row(row: &Row, all: &[Row], echo_rps: f64, echo_p50: f64, servers: bool) {
@@ -931,9 +1406,13 @@ fn print_row(row: &Row, all: &[Row], echo_rps: f64, echo_p50: f64, servers: bool
         .and_then(|i| all.get(i))
         .and_then(|p| p.cpu_per_req)
         .map_or(0.0, |d| d.as_secs_f64());
+    let floor_cpu = all
+        .get(row.floor)
+        .and_then(|p| p.cpu_per_req)
+        .map_or(0.0, |d| d.as_secs_f64());
     match &row.result {
         Ok(s) if servers => println!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             row.name,
             s.rps(),
             human(s.p50),
@@ -943,6 +1422,7 @@ fn print_row(row: &Row, all: &[Row], echo_rps: f64, echo_p50: f64, servers: bool
             ratio(s.p50.as_secs_f64(), echo_p50),
             ratio(s.rps(), peer_rps),
             row.cpu_per_req.map_or("–".into(), human),
+            ratio(row.cpu_per_req.map_or(0.0, |d| d.as_secs_f64()), floor_cpu),
             ratio(peer_cpu, row.cpu_per_req.map_or(0.0, |d| d.as_secs_f64())),
             mib(row.idle_rss_kib),
             mib(row.peak_rss_kib)
@@ -956,7 +1436,7 @@ fn print_row(row: &Row, all: &[Row], echo_rps: f64, echo_p50: f64, servers: bool
             s.errors,
             ratio(s.rps(), peer_rps)
         ),
-        Err(why) if servers => println!("| {} | skipped: {why} | | | | | | | | | | |", row.name),
+        Err(why) if servers => println!("| {} | skipped: {why} | | | | | | | | | | | |", row.name),
         Err(why) => println!("| {} | skipped: {why} | | | | |", row.name),
     }
 }

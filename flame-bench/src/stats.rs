@@ -19,6 +19,8 @@ pub struct Summary {
     pub p99: Duration,
     /// The first error seen, to explain a non-zero `errors`.
     pub first_error: Option<String>,
+    /// Replies with status 503 over the whole run (each also counted in `errors` when measured).
+    pub overloaded: u64,
 }
 
 impl Summary {
@@ -49,6 +51,7 @@ impl Summary {
             p50: Duration::from_nanos(percentile(samples, 50.0)),
             p99: Duration::from_nanos(percentile(samples, 99.0)),
             first_error,
+            overloaded: 0,
         }
     }
 

@@ -40,6 +40,7 @@ pub mod pool;
 pub mod registry;
 pub mod runner;
 pub mod spawn_guard;
+pub mod stream;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -54,10 +55,11 @@ pub use config::{Config, Mode, Secret};
 pub use context::Context;
 pub use error::{Error, ErrorCode, Result};
 pub use flame::{Flame, FlameBuilder};
-pub use method::Method;
+pub use method::{Method, PayloadLimits, Streamed};
 pub use pool::{
     CheckoutOptions, ElasticPool, Lease, LeaseOutcome, Pool, PoolConfig, PoolEvent, PoolStats, StaticPool,
 };
 pub use registry::Registry;
 pub use runner::{DispatchReply, Dispatcher, RunnerServer};
-pub use transport::{Endpoint, Invocation, RunnerStatus, Transport};
+pub use stream::{CallStream, ItemStream};
+pub use transport::{Args, Endpoint, Invocation, Reply, RunnerStatus, Transport};

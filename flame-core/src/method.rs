@@ -4,6 +4,68 @@ use crate::call::RetryPolicy;
 use std::fmt;
 use std::marker::PhantomData;
 
+/// Size limits of one method's payloads, in bytes of their encoded form, over the global
+/// defaults (`FLAME_MAX_BODY_BYTES` for requests on the runner, `ClientOptions::max_response_bytes`
+/// for replies on the parent). Both ends read them from the same [`Method`]: the parent refuses
+/// to send a request over the limit, the runner refuses to read one (and to send a reply over
+/// its limit), each with `PAYLOAD_TOO_LARGE`, never retried.
+///
+/// ```
+/// use flame_core::Method;
+/// const UPLOAD: Method<bytes::Bytes, u64> = Method::new("media", "upload")
+///     .with_max_request_bytes(512 << 20)
+///     .with_max_response_bytes(1024);
+/// assert_eq!(UPLOAD.limits().request, Some(512 << 20));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PayloadLimits {
+    /// Largest request payload; `None`: the runner's default.
+    pub request: Option<u64>,
+    /// Largest reply payload (for a streamed result: largest item); `None`: the parent's
+    /// default.
+    pub response: Option<u64>,
+}
+
+impl PayloadLimits {
+    /// No limits of the method's own.
+    pub const NONE: PayloadLimits = PayloadLimits {
+        request: None,
+        response: None,
+    };
+}
+
+/// The response type of a method whose handler returns a stream of `T`s
+/// ([`Registry::handle_stream`](crate::Registry::handle_stream)); the caller gets them with
+/// [`Flame::call_stream`](crate::Flame::call_stream).
+///
+/// ```
+/// use flame_core::{Method, Streamed};
+/// /// Counts up to `n`, one number at a time.
+/// const COUNT: Method<u32, Streamed<u32>> = Method::new("demo", "count");
+/// # let _ = COUNT;
+/// ```
+pub struct Streamed<T>(PhantomData<fn() -> T>);
+
+impl<T: 'static> Streamed<T> {
+    /// Turns a future of a stream into the stream: an error of the future is the stream's one
+    /// item (how `#[flame::service]` registers a method returning
+    /// `flame::Result<flame::ItemStream<T>>`; see [`crate::stream::flatten`]).
+    pub fn flatten<F, S>(future: F) -> crate::stream::ItemStream<T>
+    where
+        F: std::future::Future<Output = crate::Result<S>> + Send + 'static,
+        S: futures::Stream<Item = crate::Result<T>> + Send + 'static,
+    {
+        crate::stream::flatten(future)
+    }
+}
+
+impl<T> fmt::Debug for Streamed<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Streamed")
+    }
+}
+
 /// A typed handle on one remote method, shared by the parent and the runner.
 ///
 /// The ids are explicit strings that never depend on Rust type names, so builds of different
@@ -24,6 +86,7 @@ pub struct Method<Req, Resp> {
     pool: Option<&'static str>,
     timeout_ms: Option<u64>,
     retry: Option<RetryPolicy>,
+    limits: PayloadLimits,
     _types: PhantomData<fn(Req) -> Resp>,
 }
 
@@ -36,6 +99,7 @@ impl<Req, Resp> Method<Req, Resp> {
             pool: None,
             timeout_ms: None,
             retry: None,
+            limits: PayloadLimits::NONE,
             _types: PhantomData,
         }
     }
@@ -95,6 +159,25 @@ impl<Req, Resp> Method<Req, Resp> {
         self.retry
     }
 
+    /// The largest request payload of this method (encoded bytes), over the runner's default
+    /// (`FLAME_MAX_BODY_BYTES`, 1 MiB): see [`PayloadLimits`].
+    pub const fn with_max_request_bytes(mut self, bytes: u64) -> Self {
+        self.limits.request = Some(bytes);
+        self
+    }
+
+    /// The largest reply payload of this method (encoded bytes; for a streamed result, the
+    /// largest item), over the parent's default (`ClientOptions::max_response_bytes`, 64 MiB).
+    pub const fn with_max_response_bytes(mut self, bytes: u64) -> Self {
+        self.limits.response = Some(bytes);
+        self
+    }
+
+    /// The method's own payload limits.
+    pub const fn limits(&self) -> PayloadLimits {
+        self.limits
+    }
+
     /// The same method (ids, pool, timeout, retry policy) with another response type, for
     /// calls that read the reply differently (a cast ignores it).
     pub(crate) const fn retyped<R2>(&self) -> Method<Req, R2> {
@@ -104,6 +187,7 @@ impl<Req, Resp> Method<Req, Resp> {
             pool: self.pool,
             timeout_ms: self.timeout_ms,
             retry: self.retry,
+            limits: self.limits,
             _types: PhantomData,
         }
     }

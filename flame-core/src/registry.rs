@@ -3,8 +3,12 @@
 use crate::codec;
 use crate::context::Context;
 use crate::error::{Error, ErrorCode, Result};
-use crate::method::Method;
+use crate::method::{Method, PayloadLimits, Streamed};
+use crate::stream::{frame, Body, ItemStream};
+use bytes::Bytes;
 use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -21,14 +25,42 @@ pub(crate) type TypedFn<Req, Resp> =
 pub(crate) type ErasedFn =
     Arc<dyn Fn(Context, Vec<Value>) -> BoxFuture<'static, Result<String>> + Send + Sync>;
 
+/// A handler behind the binary codec: the request payload in (decoded as it arrives), the
+/// result payload out (encoded as it is sent, when large).
+pub(crate) type BinaryFn = Arc<dyn Fn(Context, Body) -> BoxFuture<'static, Result<Body>> + Send + Sync>;
+
+/// A streaming handler behind the binary codec: the request payload in, its items out, each as
+/// its frame (`stream::frame::item`).
+pub(crate) type StreamFn =
+    Arc<dyn Fn(Context, Body) -> BoxFuture<'static, Result<BoxStream<'static, Result<Bytes>>>> + Send + Sync>;
+
+/// A streaming handler with its types intact (the local-mode path).
+pub(crate) type TypedStreamFn<Req, Item> = Arc<dyn Fn(Context, Req) -> ItemStream<Item> + Send + Sync>;
+
+/// How a method answers over the binary codec.
+pub(crate) enum Wire {
+    /// One result.
+    Unary(BinaryFn),
+    /// A stream of items.
+    Stream(StreamFn),
+}
+
 pub(crate) struct Entry {
     typed: Box<dyn Any + Send + Sync>,
     pub(crate) erased: ErasedFn,
+    pub(crate) wire: Wire,
+    pub(crate) limits: PayloadLimits,
+    /// Whether the request type can be decoded from the binary codec.
+    pub(crate) binary_args: bool,
 }
 
 impl Entry {
     pub(crate) fn typed<Req: 'static, Resp: 'static>(&self) -> Option<&TypedFn<Req, Resp>> {
         self.typed.downcast_ref::<TypedFn<Req, Resp>>()
+    }
+
+    pub(crate) fn typed_stream<Req: 'static, Item: 'static>(&self) -> Option<&TypedStreamFn<Req, Item>> {
+        self.typed.downcast_ref::<TypedStreamFn<Req, Item>>()
     }
 }
 
@@ -101,14 +133,143 @@ impl Registry {
                 codec::encode_result(&resp)
             })
         });
-        self.services.entry(service.to_owned()).or_default().insert(
-            id.to_owned(),
+        let inner = typed.clone();
+        let max_reply = method.limits().response;
+        let binary: BinaryFn = Arc::new(move |ctx, body| {
+            let inner = inner.clone();
+            Box::pin(async move {
+                let req: Req = body.decode().await?;
+                let resp = inner(ctx, req).await?;
+                Body::encode_within(resp, max_reply)
+            })
+        });
+        self.insert(
+            service,
+            id,
             Entry {
                 typed: Box::new(typed),
                 erased,
+                wire: Wire::Unary(binary),
+                limits: method.limits(),
+                binary_args: codec::binary::supports::<Req>(),
             },
         );
         Ok(())
+    }
+
+    /// Registers a streaming handler for `method`: it returns a stream of items, which the
+    /// caller reads with [`Flame::call_stream`](crate::Flame::call_stream) (see
+    /// [`crate::stream`]). A duplicate is reported by [`Registry::check`].
+    ///
+    /// ```
+    /// use flame_core::{Context, Method, Registry, Streamed};
+    /// const TICKS: Method<u32, Streamed<u32>> = Method::new("demo", "ticks");
+    /// let registry = Registry::new().handle_stream(TICKS, |_ctx: Context, n: u32| {
+    ///     futures::stream::iter((0..n).map(Ok))
+    /// });
+    /// assert!(registry.contains("demo", "ticks"));
+    /// ```
+    pub fn handle_stream<Req, Item, F, S>(mut self, method: Method<Req, Streamed<Item>>, handler: F) -> Self
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Item: Serialize + Send + 'static,
+        F: Fn(Context, Req) -> S + Send + Sync + 'static,
+        S: Stream<Item = Result<Item>> + Send + 'static,
+    {
+        if let Err(e) = self.try_handle_stream(method, handler) {
+            self.errors.push(e.message().to_owned());
+        }
+        self
+    }
+
+    /// Registers a streaming handler for `method`, failing if those ids are already registered.
+    pub fn try_handle_stream<Req, Item, F, S>(
+        &mut self,
+        method: Method<Req, Streamed<Item>>,
+        handler: F,
+    ) -> Result<()>
+    where
+        Req: DeserializeOwned + Send + 'static,
+        Item: Serialize + Send + 'static,
+        F: Fn(Context, Req) -> S + Send + Sync + 'static,
+        S: Stream<Item = Result<Item>> + Send + 'static,
+    {
+        let (service, id) = (method.service_id(), method.method_id());
+        if self.contains(service, id) {
+            return Err(Error::config(format!(
+                "method {service}/{id} is registered twice"
+            )));
+        }
+        let typed: TypedStreamFn<Req, Item> = Arc::new(move |ctx, req| Box::pin(handler(ctx, req)));
+        let what = format!("{service}/{id}");
+        let erased: ErasedFn = Arc::new(move |_ctx, _args| {
+            let what = what.clone();
+            Box::pin(async move {
+                Err(Error::new(
+                    ErrorCode::BadRequest,
+                    format!("{what} streams its results: call it with call_stream (binary codec)"),
+                ))
+            })
+        });
+        let inner = typed.clone();
+        let max_item = method.limits().response;
+        let stream: StreamFn = Arc::new(move |ctx, body| {
+            let inner = inner.clone();
+            Box::pin(async move {
+                let req: Req = body.decode().await?;
+                let items = inner(ctx, req);
+                Ok(items
+                    .map(move |item| item.and_then(|item| frame::item(&item, max_item)))
+                    .boxed())
+            })
+        });
+        self.insert(
+            service,
+            id,
+            Entry {
+                typed: Box::new(typed),
+                erased,
+                wire: Wire::Stream(stream),
+                limits: method.limits(),
+                binary_args: codec::binary::supports::<Req>(),
+            },
+        );
+        Ok(())
+    }
+
+    fn insert(&mut self, service: &str, id: &str, entry: Entry) {
+        self.services
+            .entry(service.to_owned())
+            .or_default()
+            .insert(id.to_owned(), entry);
+    }
+
+    /// The payload limits `service_id`/`method_id` was registered with (`None`: no such method).
+    pub fn limits(&self, service_id: &str, method_id: &str) -> Option<PayloadLimits> {
+        self.get(service_id, method_id).map(|e| e.limits)
+    }
+
+    /// The largest request limit of any method (`None` if none has its own).
+    pub fn largest_request_limit(&self) -> Option<u64> {
+        self.services
+            .values()
+            .flat_map(|m| m.values())
+            .filter_map(|e| e.limits.request)
+            .max()
+    }
+
+    /// Whether the arguments of `service_id`/`method_id` can come in the binary codec (`false`:
+    /// its request type needs a self-describing codec, see
+    /// [`codec::binary::supports`]; a transport answers a binary request for it with 415, and the
+    /// parent sends it again as JSON).
+    pub fn binary_args(&self, service_id: &str, method_id: &str) -> bool {
+        self.get(service_id, method_id).map_or(true, |e| e.binary_args)
+    }
+
+    /// Whether `service_id`/`method_id` streams its results.
+    pub fn is_streaming(&self, service_id: &str, method_id: &str) -> bool {
+        self.get(service_id, method_id)
+            .is_some_and(|e| matches!(e.wire, Wire::Stream(_)))
     }
 
     /// Moves every handler of `other` into this registry (duplicates are reported by

@@ -47,7 +47,7 @@ impl Scripted {
 
 #[async_trait]
 impl Transport for Scripted {
-    async fn invoke(&self, endpoint: &Endpoint, invocation: &Invocation) -> Result<String> {
+    async fn invoke(&self, endpoint: &Endpoint, invocation: &Invocation) -> Result<flame_core::Reply> {
         self.seen.lock().unwrap().push(Seen {
             runner: endpoint.runner_id.clone(),
             attempt: invocation.attempt,
@@ -58,7 +58,7 @@ impl Transport for Scripted {
         }
         match self.errors.lock().unwrap().pop() {
             Some(e) => Err(e),
-            None => Ok(r#"{"json":3}"#.into()),
+            None => Ok(flame_core::Reply::Json(r#"{"json":3}"#.into())),
         }
     }
     async fn ping(&self, _: &Endpoint) -> Result<RunnerStatus> {
@@ -343,19 +343,21 @@ async fn the_attempt_number_reaches_the_handler_over_the_wire() {
     let mut inv = Invocation {
         service_id: "t".into(),
         method_id: "attempt".into(),
-        args: flame_core::codec::encode_args(&()).unwrap(),
+        args: flame_core::codec::encode_args(&()).unwrap().into(),
         deadline: Some(tokio::time::Instant::now() + SECS(5)),
         idempotency_key: None,
         trace: Default::default(),
         attempt: 3,
         cast: false,
+        stream: false,
+        limits: Default::default(),
     };
     let out = transport
         .invoke(&Endpoint::new("mem://r1", "r1"), &inv)
         .await
         .unwrap();
-    assert_eq!(flame_core::codec::decode_result::<u32>(&out).unwrap(), 3);
+    assert_eq!(out.decode::<u32>().await.unwrap(), 3);
     inv.attempt = 1;
-    let envelope = inv.to_request();
+    let envelope = inv.to_request().unwrap();
     assert_eq!(envelope.attempt, Some(1));
 }

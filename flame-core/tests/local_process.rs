@@ -22,7 +22,7 @@ struct Prober(AtomicBool);
 
 #[async_trait]
 impl Transport for Prober {
-    async fn invoke(&self, _e: &Endpoint, _i: &Invocation) -> flame_core::Result<String> {
+    async fn invoke(&self, _e: &Endpoint, _i: &Invocation) -> flame_core::Result<flame_core::Reply> {
         Err(Error::transport("not used"))
     }
     async fn ping(&self, _e: &Endpoint) -> flame_core::Result<RunnerStatus> {
@@ -263,7 +263,7 @@ struct Silence(Vec<(String, u64)>);
 
 #[async_trait]
 impl Transport for Silence {
-    async fn invoke(&self, _e: &Endpoint, _i: &Invocation) -> flame_core::Result<String> {
+    async fn invoke(&self, _e: &Endpoint, _i: &Invocation) -> flame_core::Result<flame_core::Reply> {
         Err(Error::transport("not used"))
     }
     async fn ping(&self, e: &Endpoint) -> flame_core::Result<RunnerStatus> {

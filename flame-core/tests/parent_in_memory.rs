@@ -141,6 +141,8 @@ async fn wire_bytes_match_the_reference_format() {
         trace: Default::default(),
         attempt: 1,
         cast: false,
+        stream: false,
+        limits: Default::default(),
     };
     let err = transport
         .invoke(&Endpoint::new("mem://r", "r"), &inv)

@@ -44,12 +44,14 @@ fn round_trip(c: &mut Criterion) {
             let inv = Invocation {
                 service_id: "math".into(),
                 method_id: "add".into(),
-                args: args.clone(),
+                args: args.clone().into(),
                 deadline: Some(tokio::time::Instant::now() + Duration::from_secs(5)),
                 idempotency_key: None,
                 trace: Default::default(),
                 attempt: 1,
                 cast: false,
+                stream: false,
+                limits: Default::default(),
             };
             transport.invoke(&endpoint, &inv).await.unwrap()
         })

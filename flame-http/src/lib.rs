@@ -34,6 +34,7 @@
 pub mod client;
 pub mod server;
 pub mod sign;
+pub mod wire;
 
 pub use client::{ClientOptions, HttpTransport};
 pub use server::{serve, BoundServer, HttpServer, ServerOptions};

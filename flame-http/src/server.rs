@@ -1,20 +1,32 @@
 //! The runner side: a hyper HTTP/1.1 server that serves core's [`Dispatcher`].
 //!
-//! `POST {invoke_path}` runs invocations; `GET /health` answers pings. Every request passes,
-//! in this order: the in-flight cap (503), the body limit while reading (413), the signature
-//! (401), the JSON parser (400) — what only HTTP can check — and then core's runner pipeline,
-//! the same for every transport ([`Dispatcher::handle`]): the `iat`/`exp` window (401), the
-//! replay cache (401), the method lookup (404) and the idempotency cache, before a handler runs.
+//! `POST {invoke_path}` runs invocations; `GET /health` answers pings. The request's content
+//! type picks the codec: `application/json` is wire protocol v1 (the TypeScript reference's),
+//! `application/x-flame-bincode` the binary codec of flame-rs parents ([`crate::wire`]). Every
+//! request passes, in this order, what only HTTP can check: the in-flight cap (503); the body
+//! limit — the method's own (`Method::with_max_request_bytes`) or `FLAME_MAX_BODY_BYTES` — on
+//! the declared length before reading (413) and while reading (413); the signature (401) —
+//! for a large binary payload, the envelope's before any payload byte is read and the
+//! payload's trailer as it ends; the envelope's syntax (400). Then core's runner pipeline, the
+//! same for every transport ([`Dispatcher::handle`], [`Dispatcher::handle_binary`]): the
+//! `iat`/`exp` window (401), replay rejection (401), the method (404) and the idempotency
+//! cache, before a handler runs. A binary payload is never held whole: it is decoded as it
+//! arrives, and a large result is encoded as it is sent.
 
-use crate::sign::{self, MAX_SKEW, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::sign::{self, Signer, MAX_SKEW, SIGNATURE_HEADER, TIMESTAMP_HEADER};
+use crate::wire::{self, WireBody};
 use async_trait::async_trait;
 use bytes::Bytes;
-use flame_core::codec::InvocationRequest;
+use flame_core::codec::{Codec, InvocationRequest};
+use flame_core::runner::ReplyKind;
+use flame_core::stream::{Body, STREAM_THRESHOLD};
 use flame_core::transport::now_millis;
-use flame_core::{Config, DispatchReply, Dispatcher, Error, Result, RunnerServer, Secret};
+use flame_core::{Config, DispatchReply, Dispatcher, Error, ErrorCode, Result, RunnerServer, Secret};
+use futures::stream::BoxStream;
+use futures::StreamExt;
 use http::header::{CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -241,8 +253,15 @@ impl std::fmt::Debug for BoundServer {
 struct State {
     dispatcher: Arc<Dispatcher>,
     secret: Option<Secret>,
+    /// The secret's keyed HMAC state, made once.
+    signer: Option<Signer>,
     invoke_path: String,
-    max_body: usize,
+    /// The default request limit (`FLAME_MAX_BODY_BYTES`).
+    max_body: u64,
+    /// What a JSON body may be read up to before its method is known: the largest limit.
+    json_read_limit: u64,
+    /// `x-flame-max-body`'s value, made once.
+    max_body_header: HeaderValue,
     options: ServerOptions,
     in_flight: Arc<Semaphore>,
 }
@@ -268,11 +287,19 @@ impl BoundServer {
         let local_addr = listener
             .local_addr()
             .map_err(|e| Error::config(format!("listener has no address: {e}")).with_source(e))?;
+        let max_body = config.max_body_bytes as u64;
+        let json_read_limit = dispatcher
+            .registry()
+            .largest_request_limit()
+            .map_or(max_body, |n| n.max(max_body));
         let state = State {
             dispatcher,
             secret: config.secret.clone(),
+            signer: config.secret.as_ref().map(Signer::new),
             invoke_path: config.invoke_path.clone(),
-            max_body: config.max_body_bytes,
+            max_body,
+            json_read_limit,
+            max_body_header: HeaderValue::from(max_body),
             in_flight: Arc::new(Semaphore::new(options.max_in_flight.max(1))),
             options,
         };
@@ -406,36 +433,88 @@ fn signal_token(enabled: bool, parent: CancellationToken) -> CancellationToken {
     token
 }
 
-type Reply = Response<Full<Bytes>>;
+type Reply = Response<WireBody>;
 
 fn text(status: StatusCode, body: &'static str) -> Reply {
-    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    text_owned(status, Bytes::from_static(body.as_bytes()))
+}
+
+fn text_owned(status: StatusCode, body: impl Into<Bytes>) -> Reply {
+    let mut r = Response::new(WireBody::full(body.into()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
 }
 
 fn json(body: Bytes) -> Reply {
-    let mut r = Response::new(Full::new(body));
+    let mut r = Response::new(WireBody::full(body));
     r.headers_mut()
-        .insert(CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     r
 }
 
 fn closing(mut r: Reply) -> Reply {
     r.headers_mut()
-        .insert(CONNECTION, http::HeaderValue::from_static("close"));
+        .insert(CONNECTION, HeaderValue::from_static("close"));
     r
 }
 
 fn overloaded() -> Reply {
     let mut r = text(StatusCode::SERVICE_UNAVAILABLE, "Overloaded");
-    r.headers_mut()
-        .insert(RETRY_AFTER, http::HeaderValue::from_static("1"));
+    r.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("1"));
     r
+}
+
+/// What a runner tells a parent about the codecs it takes (every reply to a parent carries it:
+/// a parent that spoke JSON first learns to speak binary).
+fn advertise(r: &mut Reply, state: &State) {
+    let headers = r.headers_mut();
+    headers.insert(wire::CODECS, HeaderValue::from_static("bincode"));
+    headers.insert(wire::MAX_BODY, state.max_body_header.clone());
+}
+
+/// Bodies over their limit by no more than this are read and dropped after the 413, so that a
+/// client still sending sees the 413 rather than a broken pipe; bigger ones are cut off.
+const DRAIN_MAX: u64 = 16 * 1024 * 1024;
+
+/// A 413 for a body whose declared length is over its limit: the body is drained (up to
+/// [`DRAIN_MAX`], within the body read timeout) so the client reads the answer, or the
+/// connection is closed.
+fn too_large(state: &State, incoming: Incoming, declared: u64) -> Reply {
+    drained(
+        state,
+        incoming,
+        declared,
+        text(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large"),
+    )
+}
+
+/// `reply` to a request whose body is not read: the body is drained (up to [`DRAIN_MAX`],
+/// within the body read timeout) so the client reads the answer, or the connection is closed.
+fn drained(state: &State, incoming: Incoming, declared: u64, reply: Reply) -> Reply {
+    if declared > DRAIN_MAX {
+        return closing(reply);
+    }
+    let timeout = state.options.body_read_timeout;
+    tokio::spawn(async move {
+        let mut chunks = wire::chunks(incoming, DRAIN_MAX, "over-limit body");
+        let _ = tokio::time::timeout(
+            timeout,
+            async move { while let Some(Ok(_)) = chunks.next().await {} },
+        )
+        .await;
+    });
+    reply
+}
+
+fn declared_length(req: &Request<Incoming>) -> Option<u64> {
+    req.headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Reply {
@@ -463,7 +542,9 @@ fn health(state: &State, req: &Request<Incoming>) -> Reply {
         state.dispatcher.liveness()
     };
     let body = serde_json::to_vec(&status).unwrap_or_else(|_| b"{\"ok\":true}".to_vec());
-    json(Bytes::from(body))
+    let mut reply = json(Bytes::from(body));
+    advertise(&mut reply, state);
+    reply
 }
 
 fn health_signed(secret: &Secret, req: &Request<Incoming>, skew: Duration) -> bool {
@@ -480,56 +561,211 @@ fn health_signed(secret: &Secret, req: &Request<Incoming>, skew: Duration) -> bo
 
 async fn invoke(state: Arc<State>, req: Request<Incoming>) -> Reply {
     // 1. The in-flight cap, before anything is read.
-    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+    let Ok(permit) = state.in_flight.clone().try_acquire_owned() else {
         return overloaded();
     };
-    // 2. The body limit, enforced while reading (a declared length over it is refused unread).
-    let declared = req
+    let codec = req
         .headers()
-        .get(CONTENT_LENGTH)
+        .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|n| n > state.max_body as u64) {
-        return closing(text(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large"));
+        .and_then(Codec::from_content_type);
+    let reply = match codec {
+        Some(Codec::Binary) => invoke_binary(&state, req).await,
+        _ => invoke_json(&state, req).await,
+    };
+    // A result still being sent (large, or streamed) keeps its in-flight slot until it ends.
+    if reply.body().is_streamed() {
+        reply.map(|b| b.holding(permit))
+    } else {
+        reply
+    }
+}
+
+/// The body's chunks, each within the body read timeout of the last.
+fn timed(chunks: BoxStream<'static, Result<Bytes>>, idle: Duration) -> BoxStream<'static, Result<Bytes>> {
+    futures::stream::unfold(Some(chunks), move |state| async move {
+        let mut chunks = state?;
+        match tokio::time::timeout(idle, chunks.next()).await {
+            Ok(Some(c)) => Some((c, Some(chunks))),
+            Ok(None) => None,
+            Err(_) => Some((
+                Err(Error::new(ErrorCode::Timeout, "the request body stalled")),
+                None,
+            )),
+        }
+    })
+    .boxed()
+}
+
+/// The JSON wire (v1, the reference's): the body is read whole (within the largest limit of
+/// any method), its signature checked over the raw bytes, then parsed.
+async fn invoke_json(state: &State, req: Request<Incoming>) -> Reply {
+    // 2. The body limit, enforced while reading (a declared length over it is refused unread).
+    if let Some(n) = declared_length(&req).filter(|n| *n > state.json_read_limit) {
+        return too_large(state, req.into_body(), n);
     }
     let signature = req
         .headers()
         .get(SIGNATURE_HEADER)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let limited = Limited::new(req.into_body(), state.max_body);
-    let body = match tokio::time::timeout(state.options.body_read_timeout, limited.collect()).await {
-        Err(_) => return closing(text(StatusCode::REQUEST_TIMEOUT, "Request timeout")),
-        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
-            return closing(text(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large"))
-        }
-        Ok(Err(_)) => return closing(text(StatusCode::BAD_REQUEST, "Invalid body")),
-        Ok(Ok(collected)) => collected.to_bytes(),
+    let body = match read_small(state, req.into_body(), state.json_read_limit).await {
+        Ok(b) => b,
+        Err(reply) => return reply,
     };
     // 3. The signature over the raw bytes, in constant time.
-    if let Some(secret) = &state.secret {
-        let valid = signature
-            .as_deref()
-            .is_some_and(|sig| sign::verify(secret, &body, sig));
+    if let Some(signer) = &state.signer {
+        let valid = signature.as_deref().is_some_and(|sig| signer.verify(&body, sig));
         if !valid {
             return text(StatusCode::UNAUTHORIZED, "Invalid signature");
         }
     }
-    // 4. The envelope, then core's pipeline (window, replay, method, idempotency, handler).
+    // 4. The envelope, its method's own limit, then core's pipeline (window, replay, method,
+    //    idempotency, handler).
     let Ok(request) = serde_json::from_slice::<InvocationRequest>(&body) else {
         return text(StatusCode::BAD_REQUEST, "Invalid JSON");
     };
-    reply(state.dispatcher.handle(request).await)
+    let limit = state
+        .dispatcher
+        .request_limit(&request.service_id, &request.method_id, state.max_body);
+    if body.len() as u64 > limit {
+        return text(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large");
+    }
+    let mut reply = reply(state.dispatcher.handle(request).await);
+    if reply.status() == StatusCode::OK {
+        advertise(&mut reply, state);
+    }
+    reply
 }
 
-/// An HTTP response for a pipeline reply (503 gets `Retry-After`).
+/// Reads a body whole, within `limit` and the body read timeout (the JSON wire, and small
+/// binary payloads): a 408, 413 or 400 reply when it cannot.
+async fn read_small(state: &State, body: Incoming, limit: u64) -> std::result::Result<Bytes, Reply> {
+    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    match tokio::time::timeout(state.options.body_read_timeout, limited.collect()).await {
+        Err(_) => Err(closing(text(StatusCode::REQUEST_TIMEOUT, "Request timeout"))),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => {
+            Err(closing(text(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large")))
+        }
+        Ok(Err(_)) => Err(closing(text(StatusCode::BAD_REQUEST, "Invalid body"))),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// The binary codec (flame-rs parents): the envelope from the headers, checked — limit, and
+/// for a large payload the signature — before a byte of the payload is read; the payload then
+/// streams into core's pipeline, which decodes it as it arrives (see [`crate::wire`]).
+async fn invoke_binary(state: &State, req: Request<Incoming>) -> Reply {
+    let envelope = match wire::read_envelope(req.headers()) {
+        Ok(e) => e,
+        Err(msg) => return text_owned(StatusCode::BAD_REQUEST, msg),
+    };
+    let len = envelope.payload_len;
+    let trailer = envelope.trailer;
+    let expected = len + if trailer { wire::TAG_LEN } else { 0 };
+    // 2. The limit of this method, on the declared length, before anything is read.
+    let limit = state.dispatcher.request_limit(
+        &envelope.request.service_id,
+        &envelope.request.method_id,
+        state.max_body,
+    );
+    if len > limit {
+        return too_large(state, req.into_body(), expected);
+    }
+    // A request type the binary codec cannot decode (it needs a self-describing format): the
+    // parent is told to send this method's arguments as JSON, before the payload is read.
+    let registry = state.dispatcher.registry();
+    if !registry.binary_args(&envelope.request.service_id, &envelope.request.method_id) {
+        let reply = text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the arguments of this method need the JSON codec",
+        );
+        return drained(state, req.into_body(), expected, reply);
+    }
+    if declared_length(&req).is_some_and(|n| n != expected) {
+        return closing(text(
+            StatusCode::BAD_REQUEST,
+            "content-length does not match the payload length",
+        ));
+    }
+    // 3. The signature: of the envelope now when a trailer carries the payload's, else of both
+    //    once the (small) payload is read.
+    let mut pending_check = None;
+    let mut mac = None;
+    if let Some(signer) = &state.signer {
+        let Some(sig) = req.headers().get(wire::SIGNATURE).and_then(|v| v.to_str().ok()) else {
+            return text(StatusCode::UNAUTHORIZED, "Invalid signature");
+        };
+        let mut m = signer.mac();
+        wire::update_canonical(&mut m, req.headers());
+        if trailer {
+            if !sign::verify_mac(m.clone(), sig) {
+                return text(StatusCode::UNAUTHORIZED, "Invalid signature");
+            }
+            mac = Some(m);
+        } else if len > wire::INLINE_MAX {
+            return closing(text(
+                StatusCode::BAD_REQUEST,
+                "a signed payload over 64 KiB carries its signature in a trailer",
+            ));
+        } else {
+            pending_check = Some((m, sig.to_owned()));
+        }
+    }
+    let idle = state.options.body_read_timeout;
+    let payload = if trailer {
+        let chunks = timed(wire::chunks(req.into_body(), expected, "request body"), idle);
+        Body::stream(Some(len), wire::verified(chunks, len, mac))
+    } else if len <= STREAM_THRESHOLD || pending_check.is_some() {
+        let bytes = match read_small(state, req.into_body(), len).await {
+            Ok(b) if b.len() as u64 != len => {
+                return closing(text(
+                    StatusCode::BAD_REQUEST,
+                    "the body is shorter than its payload length",
+                ))
+            }
+            Ok(b) => b,
+            Err(reply) => return reply,
+        };
+        if let Some((mut m, sig)) = pending_check {
+            hmac::Mac::update(&mut m, &bytes);
+            if !sign::verify_mac(m, &sig) {
+                return text(StatusCode::UNAUTHORIZED, "Invalid signature");
+            }
+        }
+        Body::full(bytes)
+    } else {
+        let chunks = timed(wire::chunks(req.into_body(), expected, "request body"), idle);
+        Body::stream(Some(len), wire::exact(chunks, len))
+    };
+    // 4. Core's pipeline (window, replay, method, idempotency, handler).
+    reply(state.dispatcher.handle_binary(envelope.request, payload).await)
+}
+
+/// An HTTP response for a pipeline reply (503 gets `Retry-After`; a binary reply says what it
+/// is in `x-flame-result`).
 fn reply(r: DispatchReply) -> Reply {
     if r.status == 503 {
         return overloaded();
     }
-    let mut resp = Response::new(Full::new(r.body));
-    *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, http::HeaderValue::from_static(r.content_type));
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let (kind, content_type) = (r.kind, r.content_type);
+    let body = match r.streamed {
+        Some(b) => WireBody::from_body(b),
+        None => WireBody::full(r.body),
+    };
+    let mut resp = Response::new(body);
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let result = match kind {
+        ReplyKind::Ok => Some("ok"),
+        ReplyKind::Error => Some("error"),
+        ReplyKind::Stream => Some("stream"),
+        ReplyKind::Text | ReplyKind::Envelope => None,
+    };
+    if let Some(result) = result {
+        headers.insert(wire::RESULT, HeaderValue::from_static(result));
+    }
     resp
 }

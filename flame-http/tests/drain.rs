@@ -27,7 +27,10 @@ async fn shutdown_finishes_calls_in_flight_then_stops_accepting() {
     assert_eq!(dispatcher.in_flight(), 0);
     // serve returned only after the call in flight finished, with its real result.
     let out = call.await.unwrap().unwrap();
-    assert_eq!(codec::decode_result::<String>(&out).unwrap(), "slept 500");
+    assert_eq!(
+        codec::decode_result::<String>(out.json_text().unwrap()).unwrap(),
+        "slept 500"
+    );
     // Nothing listens any more: refused, so never delivered.
     let err = HttpTransport::new()
         .invoke(&endpoint, &invocation(ADD, &(1, 2), Duration::from_secs(2)))

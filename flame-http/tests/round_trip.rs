@@ -19,7 +19,7 @@ async fn signed_call_round_trips() {
         )
         .await
         .unwrap();
-    assert_eq!(codec::decode_result::<i64>(&text).unwrap(), 5);
+    assert_eq!(codec::decode_result::<i64>(text.json_text().unwrap()).unwrap(), 5);
     server.stop().await.unwrap();
 }
 
@@ -193,7 +193,9 @@ async fn traceparent_reaches_the_handler() {
         .await
         .unwrap();
     assert_eq!(
-        codec::decode_result::<Option<String>>(&text).unwrap().as_deref(),
+        codec::decode_result::<Option<String>>(text.json_text().unwrap())
+            .unwrap()
+            .as_deref(),
         Some(tp)
     );
 }

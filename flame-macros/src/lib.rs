@@ -122,7 +122,14 @@ use proc_macro::TokenStream;
 ///   snake_case (`TextTools` → `text_tools`). A method's id is its name, or
 ///   `#[flame(id = "...")]`; `#[flame(pool = "...")]`, `#[flame(timeout_ms = N)]` and
 ///   `#[flame(retries = N)]` set the method's default pool, timeout and retry policy
-///   (`RetryPolicy::attempts(N + 1)`; a call's `CallOptions` still override them).
+///   (`RetryPolicy::attempts(N + 1)`; a call's `CallOptions` still override them);
+///   `#[flame(max_request_bytes = N, max_response_bytes = N)]` its payload limits over the
+///   global defaults (`Method::with_max_request_bytes`, `Method::with_max_response_bytes`).
+/// - **A streamed result**: a method returning `Result<flame::ItemStream<T>, E>` streams its
+///   items (`ItemStream<T>` is a boxed `Stream<Item = flame::Result<T>>`): its const is a
+///   `Method<Req, flame::Streamed<T>>`, its handler is registered with
+///   `Registry::handle_stream`, and its client method returns a `flame::CallStream<T>` at once
+///   (the items arrive as the handler yields them; dropping it cancels the call).
 /// - `#[flame::service(crate = "path")]` makes the generated code name `path::…` instead of
 ///   `::flame::…`, for a crate that reaches flame under another name.
 ///
@@ -144,7 +151,8 @@ use proc_macro::TokenStream;
 ///   `MathService::try_register(&mut registry, service) -> flame::Result<()>`;
 /// - `MathClient`, a typed client: `MathClient::new(flame)`, `.with_options(CallOptions)`,
 ///   `.options()`, and one `async fn` per method with the same name and wire arguments (no
-///   context) returning `flame::Result<T>`.
+///   context) returning `flame::Result<T>` (a streaming method: a plain `fn` returning
+///   `flame::CallStream<T>`), plus `spawn_<method>` for each method with one result.
 ///
 /// # Compile errors
 ///

@@ -80,13 +80,16 @@ fn parse_service_args(attr: TokenStream) -> syn::Result<ServiceArgs> {
     Ok(args)
 }
 
-/// The options of one method, from `#[flame(id = "...", pool = "...", timeout_ms = ..., retries = ...)]`.
+/// The options of one method, from `#[flame(id = "...", pool = "...", timeout_ms = ...,
+/// retries = ..., max_request_bytes = ..., max_response_bytes = ...)]`.
 #[derive(Default)]
 struct MethodArgs {
     id: Option<LitStr>,
     pool: Option<LitStr>,
     timeout_ms: Option<LitInt>,
     retries: Option<LitInt>,
+    max_request_bytes: Option<LitInt>,
+    max_response_bytes: Option<LitInt>,
 }
 
 fn is_flame_attr(attr: &Attribute) -> bool {
@@ -144,9 +147,32 @@ fn parse_method_args(attrs: &[Attribute], errors: &mut Errors) -> MethodArgs {
                     ));
                 }
                 args.retries = Some(lit);
+            } else if meta.path.is_ident("max_request_bytes") || meta.path.is_ident("max_response_bytes") {
+                let request = meta.path.is_ident("max_request_bytes");
+                twice(if request {
+                    args.max_request_bytes.is_some()
+                } else {
+                    args.max_response_bytes.is_some()
+                })?;
+                let lit: LitInt = meta.value()?.parse()?;
+                match lit.base10_parse::<u64>() {
+                    Ok(0) => return Err(syn::Error::new(lit.span(), "a size limit must be above 0")),
+                    Ok(_) => {}
+                    Err(_) => {
+                        return Err(syn::Error::new(
+                            lit.span(),
+                            "a size limit is a whole number of bytes (u64), e.g. `64 << 20` written out: `67108864`",
+                        ))
+                    }
+                }
+                if request {
+                    args.max_request_bytes = Some(lit);
+                } else {
+                    args.max_response_bytes = Some(lit);
+                }
             } else {
                 return Err(meta.error(
-                    "unknown `#[flame]` option: expected `id = \"...\"`, `pool = \"...\"`, `timeout_ms = N` or `retries = N`",
+                    "unknown `#[flame]` option: expected `id = \"...\"`, `pool = \"...\"`, `timeout_ms = N`, `retries = N`, `max_request_bytes = N` or `max_response_bytes = N`",
                 ));
             }
             Ok(())
@@ -227,6 +253,27 @@ fn result_args(ty: &Type) -> Option<&syn::punctuated::Punctuated<GenericArgument
     Some(&args.args)
 }
 
+/// `T` of `ItemStream<T>` (a streaming method's `Result<ItemStream<T>>`).
+fn item_stream_type(ty: &Type) -> Option<&Type> {
+    let Type::Path(p) = ty else {
+        return None;
+    };
+    if p.qself.is_some() {
+        return None;
+    }
+    let last = p.path.segments.last()?;
+    if last.ident != "ItemStream" {
+        return None;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return None;
+    };
+    match args.args.first()? {
+        GenericArgument::Type(t) if args.args.len() == 1 => Some(t),
+        _ => None,
+    }
+}
+
 /// `T` of `Result<T, E>` / `flame::Result<T>`.
 fn result_ok_type(ty: &Type) -> Option<&Type> {
     match result_args(ty)?.first()? {
@@ -265,11 +312,15 @@ struct MethodDef {
     pool: Option<LitStr>,
     timeout_ms: Option<LitInt>,
     retries: Option<LitInt>,
+    max_request_bytes: Option<LitInt>,
+    max_response_bytes: Option<LitInt>,
     takes_ctx: bool,
     /// Client-side parameter names and the wire argument types, in order.
     args: Vec<(Ident, Type)>,
-    /// `T`.
+    /// `T` (a streaming method: the item type).
     resp: Type,
+    /// Returns `Result<ItemStream<T>>`: a stream of `T`s.
+    streaming: bool,
     /// Where to report an error type that does not convert into `flame::Error`.
     err_span: Span,
     docs: Vec<Attribute>,
@@ -378,11 +429,15 @@ fn check_method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
         })
         .collect();
 
-    let (resp, err_span) = match &sig.output {
+    let (resp, err_span, streaming) = match &sig.output {
         ReturnType::Type(_, ty) => match result_ok_type(ty) {
-            Some(resp) => {
+            Some(ok) => {
+                let (resp, streaming) = match item_stream_type(ok) {
+                    Some(item) => (item, true),
+                    None => (ok, false),
+                };
                 check_wire_type(resp, errors);
-                (resp.clone(), result_err_span(ty))
+                (resp.clone(), result_err_span(ty), streaming)
             }
             None => {
                 errors.spanned(
@@ -425,9 +480,12 @@ fn check_method(f: &TraitItemFn, errors: &mut Errors) -> Option<MethodDef> {
         pool: opts.pool,
         timeout_ms: opts.timeout_ms,
         retries: opts.retries,
+        max_request_bytes: opts.max_request_bytes,
+        max_response_bytes: opts.max_response_bytes,
         takes_ctx,
         args,
         resp,
+        streaming,
         err_span,
         docs: f
             .attrs
@@ -581,8 +639,11 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             pool,
             timeout_ms,
             retries,
+            max_request_bytes,
+            max_response_bytes,
             args,
             resp,
+            streaming,
             ..
         } = m;
         let tys = args.iter().map(|(_, t)| t);
@@ -591,14 +652,25 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         let retry = retries
             .as_ref()
             .map(|n| quote!(.with_retry(#krate::RetryPolicy::attempts(1 + #n))));
+        let max_request = max_request_bytes
+            .as_ref()
+            .map(|n| quote!(.with_max_request_bytes(#n)));
+        let max_response = max_response_bytes
+            .as_ref()
+            .map(|n| quote!(.with_max_response_bytes(#n)));
+        let (resp_ty, how) = if *streaming {
+            (quote!(#krate::Streamed<#resp>), "`Flame::call_stream`")
+        } else {
+            (quote!(#resp), "`Flame::call`")
+        };
         let doc = format!(
             "`{service_id}`/`{id}`: the typed method handle of [`{trait_name}::{ident}`], usable \
-             with `Flame::call` like any hand-written `Method`."
+             with {how} like any hand-written `Method`."
         );
         quote! {
             #[doc = #doc]
-            #vis const #const_ident: #krate::Method<(#(#tys,)*), #resp> =
-                #krate::Method::new(Self::SERVICE_ID, #id) #pool #timeout #retry;
+            #vis const #const_ident: #krate::Method<(#(#tys,)*), #resp_ty> =
+                #krate::Method::new(Self::SERVICE_ID, #id) #pool #timeout #retry #max_request #max_response;
         }
     });
 
@@ -609,6 +681,8 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             takes_ctx,
             args,
             err_span,
+            streaming,
+            resp,
             ..
         } = m;
         let pats: Vec<Ident> = (0..args.len())
@@ -623,6 +697,22 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
         let into_error = quote_spanned! {*err_span=>
             into_error(error)
         };
+        if *streaming {
+            return quote! {
+                let registry = registry.handle_stream(Self::#const_ident, {
+                    let service = ::std::sync::Arc::clone(&service);
+                    move |#ctx_pat: #krate::Context, (#(#pats,)*): (#(#tys,)*)| {
+                        let service = ::std::sync::Arc::clone(&service);
+                        #krate::Streamed::<#resp>::flatten(async move {
+                            match <#impl_ty as #trait_ident>::#ident(&*service, #ctx_arg #(#pats),*).await {
+                                ::core::result::Result::Ok(items) => ::core::result::Result::Ok(items),
+                                ::core::result::Result::Err(error) => ::core::result::Result::Err(#into_error),
+                            }
+                        })
+                    }
+                });
+            };
+        }
         quote! {
             let registry = registry.handle(Self::#const_ident, {
                 let service = ::std::sync::Arc::clone(&service);
@@ -646,10 +736,27 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenS
             args,
             resp,
             docs,
+            streaming,
             ..
         } = m;
         let names: Vec<&Ident> = args.iter().map(|(n, _)| n).collect();
         let tys: Vec<&Type> = args.iter().map(|(_, t)| t).collect();
+        if *streaming {
+            let stream_doc = "Its items arrive as the handler yields them (see `Flame::call_stream`): \
+                              dropping the stream cancels the call.";
+            return quote! {
+                #(#docs)*
+                #[doc = ""]
+                #[doc = #stream_doc]
+                #vis fn #ident(&self, #(#names: #tys),*) -> #krate::CallStream<#resp> {
+                    self.flame.call_stream_with(
+                        #service_ident::#const_ident,
+                        (#(#names,)*),
+                        ::core::clone::Clone::clone(&self.options),
+                    )
+                }
+            };
+        }
         let spawn_ident = format_ident!("spawn_{}", ident);
         let spawn_doc = format!(
             "Starts [`Self::{ident}`] in the background and returns its `CallHandle` at once \

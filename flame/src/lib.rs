@@ -24,9 +24,9 @@
 
 // What an application uses. Plumbing for adapter and test authors is under [`raw`].
 pub use flame_core::{
-    CallHandle, CallOptions, Config, Context, Error, ErrorCode, Flame, FlameBuilder, LocalProcess,
-    MapOptions, Method, Mode, PlaceOptions, PlacedTask, PoolConfig, PoolEvent, PoolStats, Registry, Result,
-    RetryBudget, RetryPolicy, Secret,
+    CallHandle, CallOptions, CallStream, Config, Context, Error, ErrorCode, Flame, FlameBuilder, ItemStream,
+    LocalProcess, MapOptions, Method, Mode, PayloadLimits, PlaceOptions, PlacedTask, PoolConfig, PoolEvent,
+    PoolStats, Registry, Result, RetryBudget, RetryPolicy, Secret, Streamed,
 };
 
 /// Plumbing for adapter authors (transports, backends, pools, the runner dispatcher, the
@@ -46,10 +46,11 @@ pub mod raw {
     /// conformance suite.
     #[cfg(feature = "testkit")]
     pub use flame_core::testkit;
-    pub use flame_core::transport::{Endpoint, Invocation, RunnerStatus, Transport};
+    pub use flame_core::transport::{Args, Endpoint, Invocation, Reply, RunnerStatus, Transport};
     pub use flame_core::CallDefaults;
     pub use flame_core::{
-        backend, call, codec, config, context, error, method, pool, registry, runner, spawn_guard, transport,
+        backend, call, codec, config, context, error, method, pool, registry, runner, spawn_guard, stream,
+        transport,
     };
 }
 

@@ -22,6 +22,8 @@ pub fn envelope(service: &str, method: &str, args: &str) -> InvocationRequest {
         trace: None,
         attempt: None,
         cast: None,
+        stream: None,
+        seq: None,
     }
 }
 

@@ -293,7 +293,7 @@ pub async fn start(backend: &dyn Backend, request: SpawnRequest) -> flame_core::
 }
 
 /// Calls `service/method` with `req` on `endpoint` over HTTP.
-pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+pub async fn call<Req: Serialize, Resp: DeserializeOwned + Send + 'static>(
     endpoint: &Endpoint,
     service: &str,
     method: &str,
@@ -302,15 +302,17 @@ pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
     let invocation = Invocation {
         service_id: service.into(),
         method_id: method.into(),
-        args: flame_core::codec::encode_args(req)?,
+        args: flame_core::codec::encode_args(req)?.into(),
         deadline: Some(tokio::time::Instant::now() + Duration::from_secs(10)),
         idempotency_key: None,
         trace: BTreeMap::new(),
         attempt: 1,
         cast: false,
+        stream: false,
+        limits: Default::default(),
     };
     let text = HttpTransport::new().invoke(endpoint, &invocation).await?;
-    flame_core::codec::decode_result(&text)
+    text.decode().await
 }
 
 /// What `utils/whoami` answers.

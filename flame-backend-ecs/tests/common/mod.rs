@@ -329,15 +329,17 @@ pub async fn add(transport: &dyn Transport, endpoint: &Endpoint, a: i64, b: i64)
     let inv = Invocation {
         service_id: "math".into(),
         method_id: "add".into(),
-        args: codec::encode_args(&(a, b)).unwrap(),
+        args: codec::encode_args(&(a, b)).unwrap().into(),
         deadline: None,
         idempotency_key: None,
         trace: Default::default(),
         attempt: 1,
         cast: false,
+        stream: false,
+        limits: Default::default(),
     };
     let text = transport.invoke(endpoint, &inv).await.unwrap();
-    codec::decode_result(&text).unwrap()
+    text.decode().await.unwrap()
 }
 
 // ---- wiremock: ECS JSON 1.1 shaped replies ----
@@ -632,7 +634,7 @@ pub mod tasks {
 
     #[async_trait]
     impl Transport for TaskRunners {
-        async fn invoke(&self, endpoint: &Endpoint, invocation: &Invocation) -> Result<String> {
+        async fn invoke(&self, endpoint: &Endpoint, invocation: &Invocation) -> Result<flame_core::Reply> {
             self.alive(endpoint).await?;
             self.http.invoke(endpoint, invocation).await
         }

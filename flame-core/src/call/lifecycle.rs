@@ -7,9 +7,11 @@ use super::retry::{safe_to_retry, BudgetState, RetryPolicy};
 use super::CallDefaults;
 use crate::config::Config;
 use crate::error::{Error, ErrorCode, Result};
-use crate::pool::{CheckoutOptions, LeaseOutcome, Pool};
+use crate::pool::{CheckoutOptions, Lease, LeaseOutcome, Pool};
 use crate::telemetry;
-use crate::transport::{Invocation, Transport};
+use crate::transport::{Invocation, Reply, Transport};
+use futures::future::BoxFuture;
+use serde::de::DeserializeOwned;
 use std::time::Duration;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -64,16 +66,35 @@ impl Plan {
     }
 }
 
+/// How a call reads its reply, inside the attempt (under its deadline, holding its lease): it
+/// gets the reply and the lease; one that hands the reply out before it is read whole (a
+/// streamed result) takes the lease along, so the slot stays taken until the stream ends.
+pub(crate) trait ReadReply<T>:
+    Fn(Reply, &mut Option<Lease>) -> BoxFuture<'static, Result<T>> + Sync
+{
+}
+
+impl<T, F> ReadReply<T> for F where F: Fn(Reply, &mut Option<Lease>) -> BoxFuture<'static, Result<T>> + Sync {}
+
+/// The [`ReadReply`] of a call with one result: decode it (a large one as it arrives).
+pub(crate) fn decode<T: DeserializeOwned + Send + 'static>(
+    reply: Reply,
+    _lease: &mut Option<Lease>,
+) -> BoxFuture<'static, Result<T>> {
+    Box::pin(reply.decode::<T>())
+}
+
 /// Runs `invocation` through `pool` under `plan`: attempts until one succeeds, the error is not
 /// safe to retry, the policy or the budget says stop, or the next attempt would start past the
-/// deadline. Returns the result text.
-pub(crate) async fn attempt_remote(
+/// deadline. Returns what `read` made of the reply.
+pub(crate) async fn attempt_remote<T>(
     pool: &dyn Pool,
     transport: &dyn Transport,
     budget: &BudgetState,
     plan: &Plan,
     mut invocation: Invocation,
-) -> Result<String> {
+    read: &dyn ReadReply<T>,
+) -> Result<T> {
     if let Some(b) = plan.retry.budget() {
         budget.deposit(&b);
     }
@@ -87,7 +108,7 @@ pub(crate) async fn attempt_remote(
             outcome = tracing::field::Empty,
         );
         tracing::Span::current().record("attempts", invocation.attempt);
-        let result = attempt(pool, transport, &invocation, plan, &span)
+        let result = attempt(pool, transport, &invocation, plan, &span, read)
             .instrument(span.clone())
             .await;
         span.record("outcome", telemetry::outcome(&result));
@@ -117,14 +138,15 @@ pub(crate) async fn attempt_remote(
     }
 }
 
-/// One attempt: lease a slot, invoke, give the slot back with how it went.
-async fn attempt(
+/// One attempt: lease a slot, invoke, read the reply, give the slot back with how it went.
+async fn attempt<T>(
     pool: &dyn Pool,
     transport: &dyn Transport,
     invocation: &Invocation,
     plan: &Plan,
     span: &tracing::Span,
-) -> Result<String> {
+    read: &dyn ReadReply<T>,
+) -> Result<T> {
     let waiting = Instant::now();
     let lease = pool
         .checkout(&CheckoutOptions {
@@ -153,10 +175,19 @@ async fn attempt(
     } else {
         invocation
     };
+    let lost = lease.lost().clone();
+    let runner = lease.endpoint().runner_id.clone();
+    let mut held = Some(lease);
     let result = tokio::select! {
-        r = transport.invoke(lease.endpoint(), invocation) => r,
-        _ = lease.lost().cancelled() => Err(Error::transport(format!(
-            "runner {} was lost while the call was in flight", lease.endpoint().runner_id
+        r = async {
+            let Some(lease) = held.as_ref() else {
+                return Err(Error::transport("the attempt's lease is gone"));
+            };
+            let reply = transport.invoke(lease.endpoint(), invocation).await?;
+            read(reply, &mut held).await
+        } => r,
+        _ = lost.cancelled() => Err(Error::transport(format!(
+            "runner {runner} was lost while the call was in flight"
         )).with_retryable(true)),
         _ = tokio::time::sleep_until(deadline) => Err(Error::new(ErrorCode::Timeout, "call ran past its deadline")),
     };
@@ -164,6 +195,9 @@ async fn attempt(
         Err(e) if matches!(e.code(), ErrorCode::Transport) => LeaseOutcome::RunnerFailed,
         _ => LeaseOutcome::Done,
     };
-    lease.finish(outcome);
+    // A streamed result took the lease along: it ends with the stream.
+    if let Some(lease) = held {
+        lease.finish(outcome);
+    }
     result
 }

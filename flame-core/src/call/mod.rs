@@ -23,7 +23,7 @@ mod lifecycle;
 mod options;
 mod retry;
 
-pub(crate) use lifecycle::{attempt_remote, Plan};
+pub(crate) use lifecycle::{attempt_remote, decode, Plan};
 pub use options::CallOptions;
 pub(crate) use retry::BudgetState;
 pub use retry::{RetryBudget, RetryPolicy};

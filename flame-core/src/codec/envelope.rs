@@ -44,6 +44,16 @@ pub struct InvocationRequest {
     /// field; the reference ignores it and runs the call as usual).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cast: Option<bool>,
+    /// A streamed result is wanted (a flame-rs field, binary codec only; the reference has no
+    /// streamed results).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<bool>,
+    /// The sender's request sequence, `<sender>.<n>` (16 hex digits, a decimal counter from 1):
+    /// a flame-rs runner rejects replays with a sliding window per sender instead of
+    /// remembering every `invocationId` (a flame-rs field; the reference ignores it, and a
+    /// request without it goes through the id cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<String>,
 }
 
 /// The error object of an `ok:false` response.

@@ -1,4 +1,6 @@
-//! The wire codec (DESIGN.md §8): envelopes, positional arguments, superjson.
+//! The wire codecs (DESIGN.md §8): envelopes, positional arguments, superjson — the JSON wire
+//! of the TypeScript reference, kept byte for byte — and, for Rust ⇄ Rust, the [`binary`]
+//! codec, negotiated per request by content type ([`Codec`]).
 //!
 //! ```
 //! use flame_core::codec;
@@ -9,6 +11,7 @@
 //! ```
 
 pub mod args;
+pub mod binary;
 pub mod envelope;
 pub mod superjson;
 
@@ -19,6 +22,51 @@ use crate::error::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
+
+/// The codec of a request or reply payload, named by its content type.
+///
+/// ```
+/// use flame_core::codec::Codec;
+/// assert_eq!(Codec::from_content_type("application/json; charset=utf-8"), Some(Codec::Json));
+/// assert_eq!(Codec::from_content_type(Codec::Binary.content_type()), Some(Codec::Binary));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Codec {
+    /// Wire protocol v1: a JSON envelope with superjson `args` (the TypeScript reference's).
+    Json,
+    /// The binary codec ([`binary`]): the envelope in headers, the payload in bincode.
+    Binary,
+}
+
+impl Codec {
+    /// The content type of this codec's requests.
+    pub const fn content_type(self) -> &'static str {
+        match self {
+            Codec::Json => "application/json",
+            Codec::Binary => binary::CONTENT_TYPE,
+        }
+    }
+
+    /// The codec of a content type (parameters such as `charset` ignored).
+    pub fn from_content_type(content_type: &str) -> Option<Codec> {
+        let essence = content_type.split(';').next().unwrap_or("").trim();
+        if essence.eq_ignore_ascii_case("application/json") {
+            Some(Codec::Json)
+        } else if essence.eq_ignore_ascii_case(binary::CONTENT_TYPE) {
+            Some(Codec::Binary)
+        } else {
+            None
+        }
+    }
+
+    /// The name a runner lists in its `x-flame-codecs` header (`bincode`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Codec::Json => "json",
+            Codec::Binary => "bincode",
+        }
+    }
+}
 
 /// Encodes a request as superjson text of its positional-argument array.
 pub fn encode_args<T: Serialize>(req: &T) -> Result<String> {

@@ -10,13 +10,55 @@
 use crate::error::{Error, Result};
 use serde_json::Value;
 
-/// Encodes a plain JSON value as superjson text: `{"json":<value>}`.
+/// Encodes a plain JSON value as superjson text: `{"json":<value>}`. Numbers are written as
+/// JavaScript writes them where serde_json would differ for a whole `f64`: `5.0` is `5`, so a
+/// Rust `f64` handler answers byte for byte what the reference's JavaScript one does, and a
+/// caller that expects an integer can read it. (`-0.0` stays `-0.0`, bit-exact for a Rust
+/// caller, where JavaScript would print `0`.)
 pub fn encode(value: &Value) -> Result<String> {
     let mut out = Vec::with_capacity(16);
     out.extend_from_slice(b"{\"json\":");
-    serde_json::to_writer(&mut out, value)?;
+    if has_whole_float(value) {
+        let mut js = value.clone();
+        to_js_numbers(&mut js);
+        serde_json::to_writer(&mut out, &js)?;
+    } else {
+        serde_json::to_writer(&mut out, value)?;
+    }
     out.push(b'}');
     String::from_utf8(out).map_err(|e| Error::serialization(format!("superjson text is not UTF-8: {e}")))
+}
+
+/// Integers an `f64` holds exactly, as JavaScript's `Number.isSafeInteger` bounds them.
+const SAFE_INTEGER: f64 = 9_007_199_254_740_991.0;
+
+fn whole(n: &serde_json::Number) -> Option<i64> {
+    let f = n.as_f64().filter(|_| n.is_f64())?;
+    // `-0.0` stays `-0.0` (JavaScript would print `0`): a Rust caller gets its bits back.
+    let negative_zero = f == 0.0 && f.is_sign_negative();
+    (!negative_zero && f.fract() == 0.0 && f.abs() <= SAFE_INTEGER).then_some(f as i64)
+}
+
+fn has_whole_float(v: &Value) -> bool {
+    match v {
+        Value::Number(n) => whole(n).is_some(),
+        Value::Array(items) => items.iter().any(has_whole_float),
+        Value::Object(map) => map.values().any(has_whole_float),
+        _ => false,
+    }
+}
+
+fn to_js_numbers(v: &mut Value) {
+    match v {
+        Value::Number(n) => {
+            if let Some(i) = whole(n) {
+                *v = Value::from(i);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(to_js_numbers),
+        Value::Object(map) => map.values_mut().for_each(to_js_numbers),
+        _ => {}
+    }
 }
 
 /// Decodes superjson text into a plain JSON value, accepting only `Date` and `undefined`
@@ -124,6 +166,28 @@ mod tests {
             r#"{"json":{"a":1,"b":[1,2]}}"#
         );
         assert_eq!(encode(&json!("ünï\"code")).unwrap(), "{\"json\":\"ünï\\\"code\"}");
+    }
+
+    #[test]
+    fn golden_numbers_are_written_as_javascript_writes_them() {
+        // JSON.stringify of the same JavaScript values.
+        assert_eq!(encode(&json!(5.0)).unwrap(), r#"{"json":5}"#);
+        assert_eq!(
+            encode(&json!([-0.0, 2.5, 1.0e15])).unwrap(),
+            r#"{"json":[-0.0,2.5,1000000000000000]}"#
+        );
+        assert_eq!(
+            encode(&json!(0.1 + 0.2)).unwrap(),
+            r#"{"json":0.30000000000000004}"#
+        );
+        assert_eq!(encode(&json!({"a": [3.0]})).unwrap(), r#"{"json":{"a":[3]}}"#);
+        // Beyond 2^53 a double is no longer a safe integer: left as serde_json writes it (here
+        // as JavaScript does too).
+        assert_eq!(encode(&json!(1.0e300)).unwrap(), r#"{"json":1e+300}"#);
+        assert_eq!(
+            encode(&json!(u64::MAX)).unwrap(),
+            format!(r#"{{"json":{}}}"#, u64::MAX)
+        );
     }
 
     #[test]

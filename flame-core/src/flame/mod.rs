@@ -1,6 +1,7 @@
 //! The [`Flame`] handle an application calls through, and ([`builder`]) how it is built.
 
 mod builder;
+mod stream;
 
 pub(crate) use builder::terminate_signal;
 pub use builder::FlameBuilder;
@@ -17,7 +18,7 @@ use crate::method::Method;
 use crate::pool::Pool;
 use crate::registry::Registry;
 use crate::telemetry;
-use crate::transport::{Invocation, Transport};
+use crate::transport::{Args, Invocation, Transport};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -87,6 +88,60 @@ impl Drop for CallGuard<'_> {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.drained.notify_waiters();
+        }
+    }
+}
+
+/// What a call (unary or streamed) resolves once before it runs: its plan, whether it goes to a
+/// runner, the pool name its span and metrics carry, and its `flame.call` span.
+pub(crate) struct CallStart {
+    pub(crate) plan: Plan,
+    pub(crate) remote: bool,
+    pub(crate) pool: String,
+    pub(crate) span: tracing::Span,
+}
+
+impl Flame {
+    /// Resolves `method`'s call with `options` into a [`CallStart`].
+    pub(crate) fn begin_call<Req, Resp>(
+        &self,
+        method: &Method<Req, Resp>,
+        options: &CallOptions,
+    ) -> CallStart {
+        let inner = &*self.inner;
+        let plan = Plan::resolve(
+            options,
+            method.pool(),
+            method.timeout_ms().map(Duration::from_millis),
+            method.retry(),
+            |pool| {
+                inner
+                    .pools
+                    .get(pool)
+                    .map_or(CallDefaults::default(), |p| p.call_defaults())
+            },
+            &inner.config,
+        );
+        let remote = inner.config.mode == Mode::Parent;
+        let pool = if remote {
+            plan.pool.clone()
+        } else {
+            "local".to_owned()
+        };
+        let span = tracing::info_span!(
+            target: "flame",
+            "flame.call",
+            service = method.service_id(),
+            method = method.method_id(),
+            pool = %pool,
+            outcome = tracing::field::Empty,
+            attempts = tracing::field::Empty,
+        );
+        CallStart {
+            plan,
+            remote,
+            pool,
+            span,
         }
     }
 }
@@ -191,34 +246,12 @@ impl Flame {
         }
         inner.in_flight.fetch_add(1, Ordering::AcqRel);
         let _guard = CallGuard(inner);
-        let plan = Plan::resolve(
-            &options,
-            method.pool(),
-            method.timeout_ms().map(Duration::from_millis),
-            method.retry(),
-            |pool| {
-                inner
-                    .pools
-                    .get(pool)
-                    .map_or(CallDefaults::default(), |p| p.call_defaults())
-            },
-            &inner.config,
-        );
-        let remote = inner.config.mode == Mode::Parent;
-        let pool = if remote {
-            plan.pool.clone()
-        } else {
-            "local".to_owned()
-        };
-        let span = tracing::info_span!(
-            target: "flame",
-            "flame.call",
-            service = method.service_id(),
-            method = method.method_id(),
-            pool = %pool,
-            outcome = tracing::field::Empty,
-            attempts = tracing::field::Empty,
-        );
+        let CallStart {
+            plan,
+            remote,
+            pool,
+            span,
+        } = self.begin_call(&method, &options);
         let started = Instant::now();
         let result = async {
             if remote {
@@ -321,12 +354,14 @@ impl Flame {
         let invocation = Invocation {
             service_id: method.service_id().to_owned(),
             method_id: method.method_id().to_owned(),
-            args: codec::encode_args(&req)?,
+            args: Args::typed(req).with_binary(codec::binary::supports::<Resp>()),
             deadline: Some(plan.deadline),
             idempotency_key: options.idempotency_key,
             trace: options.trace,
             attempt: 1,
             cast: options.cast,
+            stream: false,
+            limits: method.limits(),
         };
         let budget = inner.budgets.get(&plan.pool).ok_or_else(|| {
             Error::new(
@@ -334,8 +369,16 @@ impl Flame {
                 format!("no pool named `{}` is configured", plan.pool),
             )
         })?;
-        let text = attempt_remote(pool.as_ref(), transport.as_ref(), budget, &plan, invocation).await?;
-        codec::decode_result(&text)
+        let read = crate::call::decode::<Resp>;
+        attempt_remote(
+            pool.as_ref(),
+            transport.as_ref(),
+            budget,
+            &plan,
+            invocation,
+            &read,
+        )
+        .await
     }
 
     /// Stops taking calls, waits for calls in flight — detached background calls included —

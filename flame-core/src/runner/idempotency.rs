@@ -15,18 +15,26 @@ use tokio::time::Instant;
 
 type Key = String;
 
-enum Slot {
-    Running(watch::Receiver<Option<Bytes>>),
-    Done(Bytes),
+enum Slot<V> {
+    Running(watch::Receiver<Option<V>>),
+    Done(V),
 }
 
-#[derive(Default)]
-struct State {
-    slots: HashMap<Key, Slot>,
+struct State<V> {
+    slots: HashMap<Key, Slot<V>>,
     done_by_expiry: BTreeSet<(Instant, Key)>,
 }
 
-impl State {
+impl<V> Default for State<V> {
+    fn default() -> Self {
+        State {
+            slots: HashMap::new(),
+            done_by_expiry: BTreeSet::new(),
+        }
+    }
+}
+
+impl<V> State<V> {
     fn purge(&mut self, now: Instant) {
         while let Some((exp, _)) = self.done_by_expiry.first() {
             if *exp > now {
@@ -49,7 +57,7 @@ impl State {
     }
 }
 
-/// The runner's memory of idempotency keys.
+/// The runner's memory of idempotency keys; `V` is the remembered reply.
 ///
 /// ```
 /// # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
@@ -63,18 +71,25 @@ impl State {
 /// assert!(matches!(cache.begin("math", "add", "k1"), Begin::Done(b) if b == "first"));
 /// # });
 /// ```
-#[derive(Clone)]
-pub struct IdempotencyCache {
-    inner: Arc<Inner>,
+pub struct IdempotencyCache<V = Bytes> {
+    inner: Arc<Inner<V>>,
 }
 
-struct Inner {
+impl<V> Clone for IdempotencyCache<V> {
+    fn clone(&self) -> Self {
+        IdempotencyCache {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<V> {
     capacity: usize,
     ttl: Duration,
-    state: Mutex<State>,
+    state: Mutex<State<V>>,
 }
 
-impl std::fmt::Debug for IdempotencyCache {
+impl<V: Clone + Send + Sync + 'static> std::fmt::Debug for IdempotencyCache<V> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdempotencyCache")
             .field("capacity", &self.inner.capacity)
@@ -85,33 +100,33 @@ impl std::fmt::Debug for IdempotencyCache {
 }
 
 /// What to do with a call that carries an idempotency key.
-pub enum Begin {
+pub enum Begin<V = Bytes> {
     /// First time: run it, then [`Recorder::finish`].
-    Run(Recorder),
+    Run(Recorder<V>),
     /// Another call with this key is running: wait for its result.
-    Wait(Waiter),
+    Wait(Waiter<V>),
     /// Already ran: this is the reply.
-    Done(Bytes),
+    Done(V),
     /// The cache is full of running calls: run it without remembering.
     Uncached,
 }
 
 /// Records the outcome of the first run of a key. Dropped without [`Recorder::finish`], it
 /// forgets the key and wakes the waiters, which then start over.
-pub struct Recorder {
-    cache: IdempotencyCache,
+pub struct Recorder<V = Bytes> {
+    cache: IdempotencyCache<V>,
     key: Key,
-    tx: Option<watch::Sender<Option<Bytes>>>,
+    tx: Option<watch::Sender<Option<V>>>,
 }
 
 /// Waits for the first run of a key.
-pub struct Waiter {
-    rx: watch::Receiver<Option<Bytes>>,
+pub struct Waiter<V = Bytes> {
+    rx: watch::Receiver<Option<V>>,
 }
 
-impl Waiter {
+impl<V: Clone> Waiter<V> {
     /// The first run's reply, or `None` if that run was abandoned (start over).
-    pub async fn result(&mut self) -> Option<Bytes> {
+    pub async fn result(&mut self) -> Option<V> {
         match self.rx.wait_for(|v| v.is_some()).await {
             Ok(v) => v.clone(),
             Err(_) => None,
@@ -119,7 +134,16 @@ impl Waiter {
     }
 }
 
-impl IdempotencyCache {
+impl<V> IdempotencyCache<V> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<V>> {
+        match self.inner.state.lock() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+}
+
+impl<V: Clone + Send + Sync + 'static> IdempotencyCache<V> {
     /// A cache of at most `capacity` keys, each remembered for `ttl` after its run finished.
     pub fn new(capacity: usize, ttl: Duration) -> Self {
         IdempotencyCache {
@@ -131,16 +155,15 @@ impl IdempotencyCache {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        match self.inner.state.lock() {
-            Ok(s) => s,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+    /// Looks up `key` for `service`/`method` and claims it when it is new.
+    pub fn begin(&self, service: &str, method: &str, key: &str) -> Begin<V> {
+        self.begin_in("", service, method, key)
     }
 
-    /// Looks up `key` for `service`/`method` and claims it when it is new.
-    pub fn begin(&self, service: &str, method: &str, key: &str) -> Begin {
-        let full = format!("{service}\u{0}{method}\u{0}{key}");
+    /// [`IdempotencyCache::begin`] within `scope` (e.g. the codec of the reply: a key's reply
+    /// is remembered in the codec it was sent in).
+    pub fn begin_in(&self, scope: &str, service: &str, method: &str, key: &str) -> Begin<V> {
+        let full = format!("{scope}\u{0}{service}\u{0}{method}\u{0}{key}");
         let mut state = self.lock();
         state.purge(Instant::now());
         match state.slots.get(&full) {
@@ -171,10 +194,10 @@ impl IdempotencyCache {
     }
 }
 
-impl Recorder {
+impl<V: Clone + Send + Sync + 'static> Recorder<V> {
     /// Hands `reply` to every waiter; remembers it for the TTL when `keep` (a final outcome),
     /// else forgets the key so that a retry runs again.
-    pub fn finish(mut self, reply: Bytes, keep: bool) {
+    pub fn finish(mut self, reply: V, keep: bool) {
         let mut state = self.cache.lock();
         if keep {
             let expires = Instant::now() + self.cache.inner.ttl;
@@ -190,7 +213,7 @@ impl Recorder {
     }
 }
 
-impl Drop for Recorder {
+impl<V> Drop for Recorder<V> {
     fn drop(&mut self) {
         if self.tx.is_some() {
             // Abandoned: forget the key; waiters see the channel close and start over.
@@ -208,7 +231,7 @@ mod tests {
 
     #[tokio::test]
     async fn abandoned_run_lets_waiters_start_over() {
-        let c = IdempotencyCache::new(10, Duration::from_secs(5));
+        let c = IdempotencyCache::<Bytes>::new(10, Duration::from_secs(5));
         let Begin::Run(r) = c.begin("s", "m", "k") else {
             panic!("expected run")
         };
@@ -222,7 +245,7 @@ mod tests {
 
     #[tokio::test]
     async fn retryable_outcomes_are_forgotten_and_capacity_is_bounded() {
-        let c = IdempotencyCache::new(2, Duration::from_secs(5));
+        let c = IdempotencyCache::<Bytes>::new(2, Duration::from_secs(5));
         let Begin::Run(r) = c.begin("s", "m", "a") else {
             panic!()
         };
@@ -241,7 +264,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn entries_expire() {
-        let c = IdempotencyCache::new(10, Duration::from_secs(5));
+        let c = IdempotencyCache::<Bytes>::new(10, Duration::from_secs(5));
         let Begin::Run(r) = c.begin("s", "m", "a") else {
             panic!()
         };

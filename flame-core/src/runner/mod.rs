@@ -1,5 +1,6 @@
 //! The runner side: the [`Dispatcher`] that takes an authenticated envelope through the one
-//! runner pipeline every transport shares (window, replay, idempotency: see [`Dispatcher::handle`]),
+//! runner pipeline every transport shares (window, replay, idempotency: see [`Dispatcher::handle`]
+//! and [`Dispatcher::handle_binary`]),
 //! runs its handler with its deadline and encodes the reply; and the [`RunnerServer`] trait a
 //! transport implements to serve it.
 
@@ -9,7 +10,7 @@ pub mod idempotency;
 mod pipeline;
 pub mod replay;
 
-pub use dispatch::{DispatchReply, Dispatcher};
+pub use dispatch::{DispatchReply, Dispatcher, ReplyKind};
 pub use pipeline::{window_ok, RunnerLimits};
 
 use crate::config::Config;

@@ -187,7 +187,7 @@ pub async fn reap_spares_a_live_parents_runner(subject: &Subject) {
         .await;
     drop(touch);
     assert!(
-        matches!(sum.as_deref(), Ok(r#"{"json":5}"#)),
+        matches!(sum.as_ref().map(|r| r.json_text()), Ok(Some(r#"{"json":5}"#))),
         "[{name}] reap by parent B ({ended} ended) broke live parent A's runner: {sum:?}"
     );
     assert_eq!(
@@ -211,6 +211,8 @@ fn add_invocation() -> Invocation {
         trace: Default::default(),
         attempt: 1,
         cast: false,
+        stream: false,
+        limits: Default::default(),
     }
 }
 
@@ -273,7 +275,7 @@ pub async fn spawn_ping_invoke_terminate(subject: &Subject) {
         .invoke(&handle.endpoint, &add_invocation())
         .await
         .unwrap_or_else(|e| panic!("[{name}] math/add failed: {e}"));
-    assert_eq!(sum, r#"{"json":5}"#, "[{name}] math/add(2, 3)");
+    assert_eq!(sum.json_text(), Some(r#"{"json":5}"#), "[{name}] math/add(2, 3)");
     assert_eq!(
         subject.backend.status(&handle).await.ok(),
         Some(RunnerState::Running),
@@ -324,7 +326,7 @@ struct NeverHealthy;
 
 #[async_trait]
 impl Transport for NeverHealthy {
-    async fn invoke(&self, _e: &Endpoint, _i: &Invocation) -> Result<String> {
+    async fn invoke(&self, _e: &Endpoint, _i: &Invocation) -> Result<crate::transport::Reply> {
         Err(Error::not_delivered("never healthy"))
     }
     async fn ping(&self, _e: &Endpoint) -> Result<RunnerStatus> {

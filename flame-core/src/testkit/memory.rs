@@ -1,12 +1,13 @@
-//! A transport that hands the encoded request to a [`Dispatcher`] in the same process, byte
-//! for byte the wire format, through the same runner pipeline as HTTP (window, replay,
-//! idempotency: [`Dispatcher::handle`]), so pools and the parent path are testable without
-//! sockets.
+//! A transport that hands the encoded request to a [`Dispatcher`] in the same process, in the
+//! wire's own encodings, through the same runner pipeline as HTTP (window, replay,
+//! idempotency: [`Dispatcher::handle`], [`Dispatcher::handle_binary`]), so pools and the
+//! parent path are testable without sockets. Like HTTP with a flame-rs runner it uses the
+//! binary codec for typed arguments (streamed results included) unless told to speak JSON.
 
-use crate::codec::InvocationResponse;
+use crate::codec::{Codec, InvocationResponse, WireError};
 use crate::error::{Error, Result};
-use crate::runner::Dispatcher;
-use crate::transport::{error_for_status, Endpoint, Invocation, RunnerStatus, Transport};
+use crate::runner::{DispatchReply, Dispatcher, ReplyKind};
+use crate::transport::{error_for_status, Endpoint, Invocation, Reply, RunnerStatus, Transport};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -23,25 +24,46 @@ use std::sync::{Arc, RwLock};
 /// transport.add("mem://r1", Dispatcher::new(registry, "r1"));
 /// let inv = Invocation {
 ///     service_id: "math".into(), method_id: "add".into(),
-///     args: codec::encode_args(&(2i64, 3i64)).unwrap(),
+///     args: codec::encode_args(&(2i64, 3i64)).unwrap().into(),
 ///     deadline: None, idempotency_key: None, trace: Default::default(), attempt: 1, cast: false,
+///     stream: false, limits: Default::default(),
 /// };
-/// let text = transport.invoke(&Endpoint::new("mem://r1", "r1"), &inv).await.unwrap();
-/// assert_eq!(text, r#"{"json":5}"#);
+/// let reply = transport.invoke(&Endpoint::new("mem://r1", "r1"), &inv).await.unwrap();
+/// assert_eq!(reply.json_text(), Some(r#"{"json":5}"#)); // text arguments: the JSON wire
+/// let typed = Invocation { args: flame_core::Args::typed((2i64, 3i64)), ..inv };
+/// let reply = transport.invoke(&Endpoint::new("mem://r1", "r1"), &typed).await.unwrap();
+/// assert_eq!(reply.decode::<i64>().await.unwrap(), 5); // typed arguments: the binary codec
 /// # });
 /// # fn tokio_test_block(f: impl std::future::Future<Output = ()>) {
 /// #     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 /// # }
 /// ```
-#[derive(Default, Clone)]
+#[derive(Clone)]
 pub struct InMemoryTransport {
     runners: Arc<RwLock<HashMap<String, Arc<Dispatcher>>>>,
+    codec: Codec,
+}
+
+impl Default for InMemoryTransport {
+    fn default() -> Self {
+        InMemoryTransport {
+            runners: Arc::default(),
+            codec: Codec::Binary,
+        }
+    }
 }
 
 impl InMemoryTransport {
-    /// An empty transport.
+    /// An empty transport (binary codec for typed arguments).
     pub fn new() -> Self {
         InMemoryTransport::default()
+    }
+
+    /// The same transport speaking `codec` for typed arguments (`Codec::Json`: the wire the
+    /// TypeScript reference speaks).
+    pub fn with_codec(mut self, codec: Codec) -> Self {
+        self.codec = codec;
+        self
     }
 
     /// Serves `url` with `dispatcher`; returns the shared dispatcher.
@@ -86,9 +108,25 @@ impl InMemoryTransport {
 
 #[async_trait]
 impl Transport for InMemoryTransport {
-    async fn invoke(&self, endpoint: &Endpoint, invocation: &Invocation) -> Result<String> {
+    async fn invoke(&self, endpoint: &Endpoint, invocation: &Invocation) -> Result<Reply> {
         let dispatcher = self.get(&endpoint.url)?;
-        let body = serde_json::to_vec(&invocation.to_request())?;
+        let binary_args = dispatcher
+            .registry()
+            .binary_args(&invocation.service_id, &invocation.method_id);
+        if self.codec == Codec::Binary && invocation.args.has_binary() && binary_args {
+            let envelope = invocation.envelope(String::new());
+            let reply = dispatcher
+                .handle_binary(envelope, invocation.args.to_binary()?)
+                .await;
+            return binary_reply(reply);
+        }
+        if invocation.stream {
+            return Err(Error::new(
+                crate::ErrorCode::BadRequest,
+                "a streamed result needs the binary codec and typed arguments",
+            ));
+        }
+        let body = serde_json::to_vec(&invocation.to_request()?)?;
         let reply = dispatcher.dispatch_bytes(&body).await;
         if reply.status != 200 {
             return Err(error_for_status(
@@ -98,10 +136,32 @@ impl Transport for InMemoryTransport {
         }
         let response: InvocationResponse = serde_json::from_slice(&reply.body)
             .map_err(|e| Error::transport(format!("runner sent a malformed response: {e}")))?;
-        response.into_result()
+        response.into_result().map(Reply::Json)
     }
 
     async fn ping(&self, endpoint: &Endpoint) -> Result<RunnerStatus> {
         Ok(self.get(&endpoint.url)?.status())
+    }
+}
+
+/// A binary-codec reply as the parent sees it.
+fn binary_reply(reply: DispatchReply) -> Result<Reply> {
+    if reply.status != 200 {
+        return Err(error_for_status(
+            reply.status,
+            &String::from_utf8_lossy(&reply.body),
+        ));
+    }
+    match reply.kind {
+        ReplyKind::Ok => Ok(Reply::Binary(reply.into_body())),
+        ReplyKind::Stream => Ok(Reply::Stream(reply.into_body())),
+        ReplyKind::Error => {
+            let wire: WireError = serde_json::from_slice(&reply.body)
+                .map_err(|e| Error::transport(format!("runner sent a malformed error: {e}")))?;
+            Err(wire.into_error())
+        }
+        other => Err(Error::transport(format!(
+            "runner sent a {other:?} reply to a binary request"
+        ))),
     }
 }

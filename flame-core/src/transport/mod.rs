@@ -1,9 +1,15 @@
-//! How a parent reaches a runner: the [`Transport`] trait and the [`Invocation`] it carries
-//! (an in-memory transport for tests is in `testkit`).
+//! How a parent reaches a runner: the [`Transport`] trait, the [`Invocation`] it carries (with
+//! its [`Args`], encoded in the codec the runner speaks) and the [`Reply`] it returns (an
+//! in-memory transport for tests is in `testkit`).
+
+mod args;
+
+pub use args::{Args, Reply};
 
 use crate::codec::InvocationRequest;
 use crate::config::Secret;
 use crate::error::{Error, ErrorCode, Result};
+use crate::method::PayloadLimits;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -46,8 +52,10 @@ pub struct Invocation {
     pub service_id: String,
     /// The method id.
     pub method_id: String,
-    /// superjson text of the positional-argument array.
-    pub args: String,
+    /// The arguments: superjson text of the positional-argument array, or the typed request,
+    /// which the transport encodes in the codec the runner speaks (binary for a flame-rs
+    /// runner, superjson for the TypeScript reference).
+    pub args: Args,
     /// The call's deadline.
     pub deadline: Option<Instant>,
     /// Idempotency key.
@@ -59,6 +67,12 @@ pub struct Invocation {
     /// A cast ([`Flame::cast`](crate::Flame::cast)): the runner acknowledges once it accepted
     /// the call and runs the handler on its own.
     pub cast: bool,
+    /// A streamed result ([`Flame::call_stream`](crate::Flame::call_stream)): the reply is
+    /// [`Reply::Stream`] (binary codec only).
+    pub stream: bool,
+    /// The method's own payload limits (the request is not sent over its limit; a reply over
+    /// its limit is refused).
+    pub limits: PayloadLimits,
 }
 
 /// The reference's expiry window when a call has no timeout.
@@ -70,16 +84,22 @@ impl Invocation {
         self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
     }
 
-    /// The wire envelope for one attempt: a fresh `invocationId`, `iat` now, `exp` and
-    /// `timeoutMs` from the time left.
-    pub fn to_request(&self) -> InvocationRequest {
+    /// The JSON wire envelope for one attempt: a fresh `invocationId`, `iat` now, `exp` and
+    /// `timeoutMs` from the time left, the arguments as superjson text.
+    pub fn to_request(&self) -> Result<InvocationRequest> {
+        Ok(self.envelope(self.args.to_json()?))
+    }
+
+    /// The envelope for one attempt (as [`Invocation::to_request`]) with `args` as given (empty
+    /// for a binary request, whose payload travels beside it).
+    pub fn envelope(&self, args: String) -> InvocationRequest {
         let iat = now_millis();
         let timeout_ms = self.remaining().map(|d| d.as_millis().max(1) as u64);
         InvocationRequest {
             invocation_id: uuid::Uuid::new_v4().to_string(),
             service_id: self.service_id.clone(),
             method_id: self.method_id.clone(),
-            args: self.args.clone(),
+            args,
             iat,
             exp: iat + timeout_ms.unwrap_or(DEFAULT_EXPIRY.as_millis() as u64),
             timeout_ms,
@@ -87,6 +107,8 @@ impl Invocation {
             trace: (!self.trace.is_empty()).then(|| self.trace.clone()),
             attempt: Some(self.attempt),
             cast: self.cast.then_some(true),
+            stream: self.stream.then_some(true),
+            seq: None,
         }
     }
 }
@@ -123,13 +145,14 @@ pub struct RunnerStatus {
     pub parent_silent_ms: Option<u64>,
 }
 
-/// The parent's way to reach a runner. Transports compose: retry, timeout and tracing are
-/// wrappers that implement `Transport` over another `Transport`.
+/// The parent's way to reach a runner: one attempt at a time (core owns the deadline and the
+/// retries).
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
-    /// Sends one attempt of `invocation` to `endpoint`; returns the superjson result text or
-    /// the error (a remote `ok:false` keeps its remote code).
-    async fn invoke(&self, endpoint: &Endpoint, invocation: &Invocation) -> Result<String>;
+    /// Sends one attempt of `invocation` to `endpoint`; returns the reply — in the codec the
+    /// runner answered with, possibly still arriving ([`Reply::decode`] reads it) — or the
+    /// error (a remote `ok:false` keeps its remote code).
+    async fn invoke(&self, endpoint: &Endpoint, invocation: &Invocation) -> Result<Reply>;
 
     /// Asks the runner whether it is alive (and, when authenticated, how busy).
     async fn ping(&self, endpoint: &Endpoint) -> Result<RunnerStatus>;
@@ -137,7 +160,7 @@ pub trait Transport: Send + Sync + 'static {
 
 #[async_trait]
 impl<T: Transport + ?Sized> Transport for std::sync::Arc<T> {
-    async fn invoke(&self, endpoint: &Endpoint, invocation: &Invocation) -> Result<String> {
+    async fn invoke(&self, endpoint: &Endpoint, invocation: &Invocation) -> Result<Reply> {
         (**self).invoke(endpoint, invocation).await
     }
     async fn ping(&self, endpoint: &Endpoint) -> Result<RunnerStatus> {

@@ -130,7 +130,7 @@ impl Transport for CountingTransport {
         &self,
         endpoint: &Endpoint,
         invocation: &flame_core::Invocation,
-    ) -> flame_core::Result<String> {
+    ) -> flame_core::Result<flame_core::Reply> {
         self.inner.invoke(endpoint, invocation).await
     }
     async fn ping(&self, endpoint: &Endpoint) -> flame_core::Result<RunnerStatus> {

@@ -222,18 +222,22 @@ pub fn invocation<Req: serde::Serialize, Resp>(
     Invocation {
         service_id: method.service_id().into(),
         method_id: method.method_id().into(),
-        args: codec::encode_args(req).unwrap(),
+        args: codec::encode_args(req).unwrap().into(),
         deadline: Some(Instant::now() + timeout),
         idempotency_key: None,
         trace: BTreeMap::new(),
         attempt: 1,
         cast: false,
+        stream: false,
+        limits: Default::default(),
     }
 }
 
 /// A well-formed envelope for `math`/`add` (2, 3), as JSON text.
 pub fn envelope_with(mutate: impl FnOnce(&mut InvocationRequest)) -> Vec<u8> {
-    let mut req = invocation(ADD, &(2, 3), Duration::from_secs(10)).to_request();
+    let mut req = invocation(ADD, &(2, 3), Duration::from_secs(10))
+        .to_request()
+        .unwrap();
     mutate(&mut req);
     serde_json::to_vec(&req).unwrap()
 }
@@ -341,7 +345,7 @@ pub async fn still_serves(server: &TestServer) {
         )
         .await
         .expect("runner stopped serving");
-    assert_eq!(out, r#"{"json":42}"#);
+    assert_eq!(out.json_text(), Some(r#"{"json":42}"#));
 }
 
 pub fn now() -> u64 {

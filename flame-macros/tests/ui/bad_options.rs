@@ -19,6 +19,8 @@ trait C {
     async fn unknown(&self) -> flame::Result<()>;
     #[flame(timeout_ms = "5s")]
     async fn text(&self) -> flame::Result<()>;
+    #[flame(max_request_bytes = 0)]
+    async fn no_room(&self) -> flame::Result<()>;
 }
 
 #[flame::service]

@@ -57,7 +57,7 @@ impl HandRunner {
         self.guard.pid()
     }
 
-    pub async fn call<Req: Serialize, Resp: DeserializeOwned>(
+    pub async fn call<Req: Serialize, Resp: DeserializeOwned + Send + 'static>(
         &self,
         method: Method<Req, Resp>,
         req: Req,
@@ -67,7 +67,7 @@ impl HandRunner {
 }
 
 /// One signed call to one runner, 10 s deadline.
-pub async fn call_endpoint<Req: Serialize, Resp: DeserializeOwned>(
+pub async fn call_endpoint<Req: Serialize, Resp: DeserializeOwned + Send + 'static>(
     transport: &dyn Transport,
     endpoint: &Endpoint,
     method: Method<Req, Resp>,
@@ -76,15 +76,17 @@ pub async fn call_endpoint<Req: Serialize, Resp: DeserializeOwned>(
     let invocation = Invocation {
         service_id: method.service_id().to_owned(),
         method_id: method.method_id().to_owned(),
-        args: codec::encode_args(&req)?,
+        args: codec::encode_args(&req)?.into(),
         deadline: Some(tokio::time::Instant::now() + Duration::from_secs(10)),
         idempotency_key: None,
         trace: BTreeMap::new(),
         attempt: 1,
         cast: false,
+        stream: false,
+        limits: Default::default(),
     };
     let text = transport.invoke(endpoint, &invocation).await?;
-    codec::decode_result(&text)
+    text.decode().await
 }
 
 /// A parent whose default pool starts `rel_runner` processes through LocalProcess.
