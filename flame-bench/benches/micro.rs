@@ -128,8 +128,9 @@ fn codec_bench(c: &mut Criterion) {
     let binary_request = |args: &dyn Fn() -> Vec<u8>| {
         let inv = invocation(String::new());
         let payload = args();
-        let headers =
-            flame_http::wire::headers(&inv.envelope(String::new()), "", payload.len() as u64).unwrap();
+        let mut envelope = inv.envelope(String::new());
+        envelope.seq = Some(flame_core::runner::replay::format_seq(0xfeed, 1));
+        let headers = flame_http::wire::headers(&envelope, "", payload.len() as u64).unwrap();
         (headers, payload)
     };
     let small_bin = binary_request(&|| codec::binary::encode(&(2i64, 3i64)).unwrap());

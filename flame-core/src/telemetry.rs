@@ -27,7 +27,7 @@
 //! | `flame_invocation_duration_seconds` | histogram | service, method, outcome | their handler time |
 
 use crate::error::Result;
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge, histogram, SharedString};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -71,11 +71,12 @@ pub(crate) fn call_finished(
     outcome: &'static str,
     took: Duration,
 ) {
+    // `&'static str` labels stay borrowed (no allocation per call); only the pool is copied.
     let labels = [
-        ("service", service.to_owned()),
-        ("method", method.to_owned()),
-        ("pool", pool.to_owned()),
-        ("outcome", outcome.to_owned()),
+        ("service", SharedString::from(service)),
+        ("method", SharedString::from(method)),
+        ("pool", SharedString::from(pool.to_owned())),
+        ("outcome", SharedString::from(outcome)),
     ];
     counter!(CALLS, &labels).increment(1);
     histogram!(CALL_DURATION, &labels).record(took.as_secs_f64());
@@ -111,9 +112,9 @@ pub(crate) fn booted(pool: &str, took: Duration, ok: bool) {
 
 pub(crate) fn invoked(service: &str, method: &str, outcome: &'static str, took: Duration) {
     let labels = [
-        ("service", service.to_owned()),
-        ("method", method.to_owned()),
-        ("outcome", outcome.to_owned()),
+        ("service", SharedString::from(service.to_owned())),
+        ("method", SharedString::from(method.to_owned())),
+        ("outcome", SharedString::from(outcome)),
     ];
     counter!(INVOCATIONS, &labels).increment(1);
     histogram!(INVOCATION_DURATION, &labels).record(took.as_secs_f64());
