@@ -117,11 +117,7 @@ impl Registry {
         Fut: Future<Output = Result<Resp>> + Send + 'static,
     {
         let (service, id) = (method.service_id(), method.method_id());
-        if self.contains(service, id) {
-            return Err(Error::config(format!(
-                "method {service}/{id} is registered twice"
-            )));
-        }
+        self.ensure_new(service, id)?;
         let typed: TypedFn<Req, Resp> = Arc::new(move |ctx, req| Box::pin(handler(ctx, req)));
         let inner = typed.clone();
         let erased: ErasedFn = Arc::new(move |ctx, args| {
@@ -195,11 +191,7 @@ impl Registry {
         S: Stream<Item = Result<Item>> + Send + 'static,
     {
         let (service, id) = (method.service_id(), method.method_id());
-        if self.contains(service, id) {
-            return Err(Error::config(format!(
-                "method {service}/{id} is registered twice"
-            )));
-        }
+        self.ensure_new(service, id)?;
         let typed: TypedStreamFn<Req, Item> = Arc::new(move |ctx, req| Box::pin(handler(ctx, req)));
         let what = format!("{service}/{id}");
         let erased: ErasedFn = Arc::new(move |_ctx, _args| {
@@ -303,6 +295,16 @@ impl Registry {
     /// Whether a handler serves `service_id`/`method_id`.
     pub fn contains(&self, service_id: &str, method_id: &str) -> bool {
         self.get(service_id, method_id).is_some()
+    }
+
+    /// A `CONFIG` error when `service`/`method` is registered already.
+    fn ensure_new(&self, service: &str, method: &str) -> Result<()> {
+        if self.contains(service, method) {
+            return Err(Error::config(format!(
+                "method {service}/{method} is registered twice"
+            )));
+        }
+        Ok(())
     }
 
     /// Every registered `(service_id, method_id)`, sorted.

@@ -279,6 +279,17 @@ impl Flame {
         &self.inner.cast_hooks
     }
 
+    /// The context of a call run in this process (local mode): a fresh id, the call's
+    /// deadline, key, trace and pool, and the runner state.
+    pub(crate) fn local_context(&self, options: CallOptions, deadline: Instant) -> Context {
+        Context::new(uuid::Uuid::new_v4().to_string())
+            .with_deadline(Some(deadline))
+            .with_idempotency_key(options.idempotency_key)
+            .with_trace(options.trace)
+            .with_pool(options.pool)
+            .with_state(self.inner.state.clone())
+    }
+
     async fn call_local<Req, Resp>(
         &self,
         method: Method<Req, Resp>,
@@ -296,12 +307,7 @@ impl Flame {
             .lookup(method.service_id(), method.method_id())?;
         if options.cast {
             // Accepted: run it on its own (shutdown waits for it), acknowledge at once.
-            let ctx = Context::new(uuid::Uuid::new_v4().to_string())
-                .with_deadline(Some(deadline))
-                .with_idempotency_key(options.idempotency_key)
-                .with_trace(options.trace)
-                .with_pool(options.pool)
-                .with_state(self.inner.state.clone());
+            let ctx = self.local_context(options, deadline);
             let args = codec::to_args(&req)?;
             let erased = entry.erased.clone();
             let flame = self.clone();
@@ -315,12 +321,7 @@ impl Flame {
             });
             return codec::decode_result("{\"json\":null}");
         }
-        let ctx = Context::new(uuid::Uuid::new_v4().to_string())
-            .with_deadline(Some(deadline))
-            .with_idempotency_key(options.idempotency_key)
-            .with_trace(options.trace)
-            .with_pool(options.pool)
-            .with_state(self.inner.state.clone());
+        let ctx = self.local_context(options, deadline);
         if let Some(typed) = entry.typed::<Req, Resp>() {
             let typed = typed.clone();
             return run_guarded(ctx, move |ctx| typed(ctx, req)).await;

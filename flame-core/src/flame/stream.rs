@@ -4,7 +4,6 @@ use super::{no_transport, CallStart, Flame, Inner};
 use crate::call::{attempt_remote, CallOptions, Plan};
 use crate::codec::binary;
 use crate::config::Mode;
-use crate::context::Context;
 use crate::error::{Error, ErrorCode, Result};
 use crate::method::{Method, Streamed};
 use crate::pool::{Lease, LeaseOutcome};
@@ -138,12 +137,8 @@ impl Flame {
             .registry
             .lookup(method.service_id(), method.method_id())?;
         let cancel = CancellationToken::new();
-        let ctx = Context::new(uuid::Uuid::new_v4().to_string())
-            .with_deadline(Some(deadline))
-            .with_idempotency_key(options.idempotency_key)
-            .with_trace(options.trace)
-            .with_pool(options.pool)
-            .with_state(self.inner.state.clone())
+        let ctx = self
+            .local_context(options, deadline)
             .with_cancellation(cancel.clone());
         let items: ItemStream<Item> = if let Some(typed) = entry.typed_stream::<Req, Item>() {
             let typed = typed.clone();
