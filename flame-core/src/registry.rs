@@ -46,6 +46,9 @@ pub(crate) enum Wire {
 }
 
 pub(crate) struct Entry {
+    /// The method's service and method ids (its `Method` const's: `'static`, so metrics can
+    /// label with them without copying).
+    pub(crate) ids: (&'static str, &'static str),
     typed: Box<dyn Any + Send + Sync>,
     pub(crate) erased: ErasedFn,
     pub(crate) wire: Wire,
@@ -143,6 +146,7 @@ impl Registry {
             service,
             id,
             Entry {
+                ids: (service, id),
                 typed: Box::new(typed),
                 erased,
                 wire: Wire::Unary(binary),
@@ -219,6 +223,7 @@ impl Registry {
             service,
             id,
             Entry {
+                ids: (service, id),
                 typed: Box::new(typed),
                 erased,
                 wire: Wire::Stream(stream),

@@ -110,14 +110,30 @@ pub(crate) fn booted(pool: &str, took: Duration, ok: bool) {
     }
 }
 
-pub(crate) fn invoked(service: &str, method: &str, outcome: &'static str, took: Duration) {
+pub(crate) fn invoked(service: SharedString, method: SharedString, outcome: &'static str, took: Duration) {
     let labels = [
-        ("service", SharedString::from(service.to_owned())),
-        ("method", SharedString::from(method.to_owned())),
+        ("service", service),
+        ("method", method),
         ("outcome", SharedString::from(outcome)),
     ];
     counter!(INVOCATIONS, &labels).increment(1);
     histogram!(INVOCATION_DURATION, &labels).record(took.as_secs_f64());
+}
+
+/// The service and method labels of an invocation: borrowed from its registry entry's
+/// `'static` ids, copied from the request only for a method this runner does not serve.
+pub(crate) fn method_labels(
+    ids: Option<(&'static str, &'static str)>,
+    service: &str,
+    method: &str,
+) -> (SharedString, SharedString) {
+    match ids {
+        Some((s, m)) => (SharedString::from(s), SharedString::from(m)),
+        None => (
+            SharedString::from(service.to_owned()),
+            SharedString::from(method.to_owned()),
+        ),
+    }
 }
 
 /// Puts the W3C trace context of `span` into `trace` (feature `opentelemetry`, with a

@@ -359,31 +359,38 @@ impl Dispatcher {
     }
 
     /// Runs `call` for `req` inside its `flame.invoke` span, counted in flight, with metrics.
-    async fn traced<R, F, Fut>(&self, req: &InvocationRequest, call: F) -> Result<R>
+    /// `call` gets the method's registry entry (an unknown method is `NOT_FOUND`, counted too).
+    async fn traced<'a, R, F, Fut>(&'a self, req: &InvocationRequest, call: F) -> Result<R>
     where
-        F: FnOnce() -> Fut,
+        F: FnOnce(&'a Entry) -> Fut,
         Fut: Future<Output = Result<R>>,
     {
+        let entry = self.registry.lookup(&req.service_id, &req.method_id);
+        let ids = entry.as_ref().ok().map(|e| e.ids);
         let span = self.span(req);
         let started = Instant::now();
         let result = async {
             self.in_flight.fetch_add(1, Ordering::AcqRel);
             let _guard = InFlight(&self.in_flight);
-            call().await.map_err(|e| redact(e, self.expose_errors))
+            let result = match entry {
+                Ok(entry) => call(entry).await,
+                Err(e) => Err(e),
+            };
+            result.map_err(|e| redact(e, self.expose_errors))
         }
         .instrument(span.clone())
         .await;
         let outcome = telemetry::outcome(&result);
         span.record("outcome", outcome);
-        telemetry::invoked(&req.service_id, &req.method_id, outcome, started.elapsed());
+        let (service, method) = telemetry::method_labels(ids, &req.service_id, &req.method_id);
+        telemetry::invoked(service, method, outcome, started.elapsed());
         result
     }
 
     /// Runs the handler for `req` (JSON wire) inside a `flame.invoke` span (a child of the
     /// caller's trace, feature `opentelemetry`); returns the superjson result text.
     pub async fn invoke(&self, req: &InvocationRequest, cancel: CancellationToken) -> Result<String> {
-        self.traced(req, || async {
-            let entry = self.registry.lookup(&req.service_id, &req.method_id)?;
+        self.traced(req, |entry| async move {
             let args = codec::decode_arg_values(&req.args)?;
             let ctx = self.context(req, cancel);
             let handler = entry.erased.clone();
@@ -400,8 +407,7 @@ impl Dispatcher {
         payload: Body,
         cancel: CancellationToken,
     ) -> Result<Body> {
-        self.traced(req, || async {
-            let entry = self.registry.lookup(&req.service_id, &req.method_id)?;
+        self.traced(req, |entry| async move {
             let Wire::Unary(handler) = &entry.wire else {
                 return Err(streams_only(req));
             };
@@ -442,11 +448,11 @@ impl Dispatcher {
             .instrument(span.clone())
             .await
             .map_err(|e| redact(e, self.expose_errors));
-        let (service, method) = (req.service_id.clone(), req.method_id.clone());
+        let ids = entry.ids;
         let record = move |end: StreamEnd<'_>| {
             let outcome = end.outcome();
             span.record("outcome", outcome);
-            telemetry::invoked(&service, &method, outcome, started.elapsed());
+            telemetry::invoked(ids.0.into(), ids.1.into(), outcome, started.elapsed());
         };
         match opened {
             Err(e) => {
