@@ -318,14 +318,7 @@ impl FlyConfig {
     /// Forwards these variables of the parent's environment (those that are set) to every
     /// runner. Nothing else of the parent's environment reaches a runner.
     pub fn forward_env<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
-        for name in names {
-            match std::env::var(name) {
-                Ok(value) => {
-                    self.env.insert(name.to_owned(), value);
-                }
-                Err(_) => tracing::warn!(variable = name, "fly: not forwarding unset variable"),
-            }
-        }
+        flame_core::backend::forward_parent_env(&mut self.env, names, "fly");
         self
     }
 

@@ -17,6 +17,33 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Copies the parent's environment variables `names` that are set into `env` (what a
+/// backend's `forward_env` does: nothing else of the parent's environment reaches a runner on
+/// a remote engine); an unset one is skipped with a warning naming `backend`.
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// std::env::set_var("FORWARD_ENV_DOC", "1");
+/// let mut env = BTreeMap::new();
+/// flame_core::backend::forward_parent_env(&mut env, ["FORWARD_ENV_DOC", "FORWARD_ENV_UNSET"], "doc");
+/// assert_eq!(env.len(), 1);
+/// assert_eq!(env["FORWARD_ENV_DOC"], "1");
+/// ```
+pub fn forward_parent_env<'a>(
+    env: &mut BTreeMap<String, String>,
+    names: impl IntoIterator<Item = &'a str>,
+    backend: &str,
+) {
+    for name in names {
+        match std::env::var(name) {
+            Ok(value) => {
+                env.insert(name.to_owned(), value);
+            }
+            Err(_) => tracing::warn!(variable = name, "{backend}: not forwarding unset variable"),
+        }
+    }
+}
+
 /// Label keys every backend attaches to its runners (Docker labels, ECS tags, Fly metadata
 /// with `.` replaced by `_`).
 pub mod labels {
