@@ -28,6 +28,7 @@
 
 use flame_backend_docker::{DockerBackend, PullPolicy};
 use flame_core::backend::readiness::start_runner;
+use flame_core::testkit::parent_program::{serve_parent, Callers};
 use flame_core::{
     Backend, Context, Error, Flame, LocalProcess, Method, Mode, PoolConfig, Registry, Secret, SpawnRequest,
 };
@@ -190,13 +191,6 @@ async fn parent(args: &[String]) -> Result<(), Error> {
     }
 }
 
-fn unix_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
-}
-
 /// The `parent` mode: a real flame parent with `runners` runners, callers that keep calls in
 /// flight, and `reap` / `exit` commands on stdin.
 async fn serve_as_parent(
@@ -235,81 +229,17 @@ async fn serve_as_parent(
         _ => None,
     };
     let flame = builder.start().await?;
-    println!("PARENT {}", flame.parent_id());
-    let until = tokio::time::Instant::now() + Duration::from_secs(120);
     let pools = [("default", runners), ("local", usize::from(local.is_some()))];
-    for (name, want) in pools.into_iter().filter(|(_, n)| *n > 0) {
-        let pool = flame
-            .pool(name)
-            .cloned()
-            .ok_or_else(|| Error::config(format!("no pool `{name}`")))?;
-        while pool.stats().runners < want {
-            if tokio::time::Instant::now() > until {
-                return Err(Error::config(format!(
-                    "only {} of {want} runners of pool `{name}` came up within 120 s",
-                    pool.stats().runners
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    let mut reapers = vec![backend];
+    if let Some(local) = local {
+        reapers.push(Arc::new(local));
     }
-    println!("READY");
-    if call_ms > 0 {
-        for caller in 0..runners {
-            let flame = flame.clone();
-            tokio::spawn(async move {
-                for n in 1u64.. {
-                    println!("CALL_START {caller} {n} {}", unix_ms());
-                    match flame.call(SLEEP, call_ms).await {
-                        Ok(_) => println!("CALL_OK {caller} {n} {}", unix_ms()),
-                        Err(e) => {
-                            let text = e.to_string().replace('\n', " ");
-                            println!("CALL_ERR {caller} {n} {} {text}", unix_ms());
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                    }
-                }
-            });
-        }
-    }
-    // Stdin on a thread of its own (blocking reads); its end closes the channel.
-    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    while let Some(line) = lines.recv().await {
-        match line.trim() {
-            "reap" => {
-                let Some(scope) = flame.reap_scope() else {
-                    println!("REAP_ERR no reap scope");
-                    continue;
-                };
-                let start = unix_ms();
-                let local_reap = async {
-                    match &local {
-                        Some(l) => l.reap(&scope).await,
-                        None => Ok(0),
-                    }
-                };
-                match tokio::try_join!(backend.reap(&scope), local_reap) {
-                    Ok((n, l)) => println!("REAPED {} {start} {}", n + l, unix_ms()),
-                    Err(e) => println!("REAP_ERR {}", e.to_string().replace('\n', " ")),
-                }
-            }
-            "exit" => break,
-            _ => {}
-        }
-    }
-    let shut = flame.shutdown().await;
-    if let Err(e) = &shut {
-        println!("SHUTDOWN_ERR {}", e.to_string().replace('\n', " "));
-    }
-    shut
+    let callers = Callers {
+        method: SLEEP,
+        ms: call_ms,
+        callers: runners,
+    };
+    serve_parent(flame, &pools, Some(callers), reapers).await
 }
 
 #[tokio::main]

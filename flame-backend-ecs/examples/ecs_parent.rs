@@ -26,6 +26,7 @@
 
 use flame_backend_ecs::aws::Credentials;
 use flame_backend_ecs::{EcsBackend, PollSettings, RetrySettings};
+use flame_core::testkit::parent_program::{serve_parent, Callers};
 use flame_core::{Backend, Context, Error, Flame, Method, Mode, PoolConfig, Registry, RunnerAddress};
 use flame_http::HttpExt;
 use std::collections::BTreeMap;
@@ -49,13 +50,6 @@ fn registry() -> Registry {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             Ok(ms)
         })
-}
-
-fn unix_ms() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis())
-        .unwrap_or(0)
 }
 
 fn usage(text: &str) -> Error {
@@ -278,72 +272,12 @@ async fn parent(args: &[String]) -> Result<(), Error> {
         )
         .start()
         .await?;
-    println!("PARENT {}", flame.parent_id());
-    let pool = flame
-        .pool("default")
-        .cloned()
-        .ok_or_else(|| Error::config("no pool `default`"))?;
-    let until = tokio::time::Instant::now() + Duration::from_secs(120);
-    while pool.stats().runners < runners {
-        if tokio::time::Instant::now() > until {
-            return Err(Error::config(format!(
-                "only {} of {runners} runners came up within 120 s",
-                pool.stats().runners
-            )));
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    println!("READY");
-    if call_ms > 0 {
-        for caller in 0..runners {
-            let flame = flame.clone();
-            tokio::spawn(async move {
-                for n in 1u64.. {
-                    println!("CALL_START {caller} {n} {}", unix_ms());
-                    match flame.call(SLEEP, call_ms).await {
-                        Ok(_) => println!("CALL_OK {caller} {n} {}", unix_ms()),
-                        Err(e) => {
-                            let text = e.to_string().replace('\n', " ");
-                            println!("CALL_ERR {caller} {n} {} {text}", unix_ms());
-                            tokio::time::sleep(Duration::from_millis(200)).await;
-                        }
-                    }
-                }
-            });
-        }
-    }
-    // Stdin on a thread of its own (blocking reads); its end closes the channel.
-    let (tx, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
-    std::thread::spawn(move || {
-        for line in std::io::stdin().lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    while let Some(line) = lines.recv().await {
-        match line.trim() {
-            "reap" => {
-                let Some(scope) = flame.reap_scope() else {
-                    println!("REAP_ERR no reap scope");
-                    continue;
-                };
-                let start = unix_ms();
-                match backend.reap(&scope).await {
-                    Ok(n) => println!("REAPED {n} {start} {}", unix_ms()),
-                    Err(e) => println!("REAP_ERR {}", e.to_string().replace('\n', " ")),
-                }
-            }
-            "exit" => break,
-            _ => {}
-        }
-    }
-    let shut = flame.shutdown().await;
-    if let Err(e) = &shut {
-        println!("SHUTDOWN_ERR {}", e.to_string().replace('\n', " "));
-    }
-    shut
+    let callers = Callers {
+        method: SLEEP,
+        ms: call_ms,
+        callers: runners,
+    };
+    serve_parent(flame, &[("default", runners)], Some(callers), vec![backend]).await
 }
 
 #[tokio::main]

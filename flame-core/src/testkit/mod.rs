@@ -13,6 +13,7 @@ pub mod conformance;
 mod memory;
 mod memory_backend;
 pub mod parent_process;
+pub mod parent_program;
 
 pub use memory::InMemoryTransport;
 pub use memory_backend::MemoryBackend;
