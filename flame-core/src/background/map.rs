@@ -118,7 +118,7 @@ impl Flame {
         let n = self.map_concurrency(method.pool(), &options);
         let fail_fast = options.fail_fast;
         let results = self.calls(method, inputs, options.call).buffered(n);
-        stop_after_error(results, fail_fast)
+        stop_after_error(results, fail_fast, Result::is_err)
     }
 
     /// Like [`Flame::map_with`], but yields `(input index, result)` in **completion order**:
@@ -145,18 +145,7 @@ impl Flame {
                 async move { (i, flame.call_with(method, req, call).await) }
             })
             .buffer_unordered(n);
-        if !fail_fast {
-            return results.boxed();
-        }
-        results
-            .scan(false, |failed, item| {
-                let out = (!*failed).then(|| {
-                    *failed = item.1.is_err();
-                    item
-                });
-                futures::future::ready(out)
-            })
-            .boxed()
+        stop_after_error(results, fail_fast, |item| item.1.is_err())
     }
 
     fn calls<Req, Resp, S>(
@@ -199,18 +188,20 @@ impl Flame {
     }
 }
 
-/// With `fail_fast`, ends the stream after the first error (which it yields).
-fn stop_after_error<T: Send + 'static>(
-    results: impl Stream<Item = Result<T>> + Send + 'static,
+/// With `fail_fast`, ends the stream after the first item `is_err` says failed (which it
+/// yields).
+fn stop_after_error<I: Send + 'static>(
+    results: impl Stream<Item = I> + Send + 'static,
     fail_fast: bool,
-) -> BoxStream<'static, Result<T>> {
+    is_err: fn(&I) -> bool,
+) -> BoxStream<'static, I> {
     if !fail_fast {
         return results.boxed();
     }
     results
-        .scan(false, |failed, item| {
+        .scan(false, move |failed, item| {
             let out = (!*failed).then(|| {
-                *failed = item.is_err();
+                *failed = is_err(&item);
                 item
             });
             futures::future::ready(out)

@@ -290,6 +290,25 @@ impl Flame {
             .with_state(self.inner.state.clone())
     }
 
+    /// Where a remote call of `plan` goes: its pool, the pool's retry budget, the transport.
+    pub(crate) fn route(&self, plan: &Plan) -> Result<Route<'_>> {
+        let inner = &*self.inner;
+        let no_pool = || {
+            Error::new(
+                ErrorCode::NoRunner,
+                format!("no pool named `{}` is configured", plan.pool),
+            )
+        };
+        let pool = inner.pools.get(&plan.pool).ok_or_else(no_pool)?;
+        let budget = inner.budgets.get(&plan.pool).ok_or_else(no_pool)?;
+        let transport = inner.transport.as_ref().ok_or_else(no_transport)?;
+        Ok(Route {
+            pool,
+            budget,
+            transport,
+        })
+    }
+
     async fn call_local<Req, Resp>(
         &self,
         method: Method<Req, Resp>,
@@ -344,32 +363,13 @@ impl Flame {
         Req: Serialize + Send + 'static,
         Resp: DeserializeOwned + Send + 'static,
     {
-        let inner = &*self.inner;
-        let pool = inner.pools.get(&plan.pool).ok_or_else(|| {
-            Error::new(
-                ErrorCode::NoRunner,
-                format!("no pool named `{}` is configured", plan.pool),
-            )
-        })?;
-        let transport = inner.transport.as_ref().ok_or_else(no_transport)?;
-        let invocation = Invocation {
-            service_id: method.service_id().to_owned(),
-            method_id: method.method_id().to_owned(),
-            args: Args::typed(req).with_binary(codec::binary::supports::<Resp>()),
-            deadline: Some(plan.deadline),
-            idempotency_key: options.idempotency_key,
-            trace: options.trace,
-            attempt: 1,
-            cast: options.cast,
-            stream: false,
-            limits: method.limits(),
-        };
-        let budget = inner.budgets.get(&plan.pool).ok_or_else(|| {
-            Error::new(
-                ErrorCode::NoRunner,
-                format!("no pool named `{}` is configured", plan.pool),
-            )
-        })?;
+        let Route {
+            pool,
+            budget,
+            transport,
+        } = self.route(&plan)?;
+        let args = Args::typed(req).with_binary(codec::binary::supports::<Resp>());
+        let invocation = remote_invocation(&method, args, &plan, options, false);
         let read = crate::call::decode::<Resp>;
         attempt_remote(
             pool.as_ref(),
@@ -422,6 +422,35 @@ impl Flame {
 }
 
 /// The error of a parent-mode build without a transport.
+/// Where a remote call goes ([`Flame::route`]).
+pub(crate) struct Route<'a> {
+    pub(crate) pool: &'a Arc<dyn Pool>,
+    pub(crate) budget: &'a BudgetState,
+    pub(crate) transport: &'a Arc<dyn Transport>,
+}
+
+/// The first attempt's invocation of a remote call (`stream`: a streamed call, never a cast).
+pub(crate) fn remote_invocation<Req, Resp>(
+    method: &Method<Req, Resp>,
+    args: Args,
+    plan: &Plan,
+    options: CallOptions,
+    stream: bool,
+) -> Invocation {
+    Invocation {
+        service_id: method.service_id().to_owned(),
+        method_id: method.method_id().to_owned(),
+        args,
+        deadline: Some(plan.deadline),
+        idempotency_key: options.idempotency_key,
+        trace: options.trace,
+        attempt: 1,
+        cast: options.cast && !stream,
+        stream,
+        limits: method.limits(),
+    }
+}
+
 pub(crate) fn no_transport() -> Error {
     Error::config(
         "parent mode needs a transport: build with `flame::builder(registry)` (HTTP, the `http` feature, on by default) \

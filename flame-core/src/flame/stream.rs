@@ -1,6 +1,6 @@
 //! Streamed results on the calling side: [`Flame::call_stream`] (see [`crate::stream`]).
 
-use super::{no_transport, CallStart, Flame, Inner};
+use super::{remote_invocation, CallStart, Flame, Inner, Route};
 use crate::call::{attempt_remote, CallOptions, Plan};
 use crate::codec::binary;
 use crate::config::Mode;
@@ -11,7 +11,7 @@ use crate::registry::Wire;
 use crate::stream::frame::{self, Frame};
 use crate::stream::{Body, CallStream, Guarded, ItemStream, StreamEnd};
 use crate::telemetry;
-use crate::transport::{Args, Invocation, Reply};
+use crate::transport::{Args, Reply};
 use futures::future::BoxFuture;
 use futures::{StreamExt, TryStreamExt};
 use serde::de::DeserializeOwned;
@@ -178,28 +178,12 @@ impl Flame {
         Req: Serialize + Send + 'static,
         Item: DeserializeOwned + Send + 'static,
     {
-        let inner = &*self.inner;
-        let no_pool = || {
-            Error::new(
-                ErrorCode::NoRunner,
-                format!("no pool named `{}` is configured", plan.pool),
-            )
-        };
-        let pool = inner.pools.get(&plan.pool).ok_or_else(no_pool)?;
-        let budget = inner.budgets.get(&plan.pool).ok_or_else(no_pool)?;
-        let transport = inner.transport.as_ref().ok_or_else(no_transport)?;
-        let invocation = Invocation {
-            service_id: method.service_id().to_owned(),
-            method_id: method.method_id().to_owned(),
-            args: Args::typed(req),
-            deadline: Some(plan.deadline),
-            idempotency_key: options.idempotency_key,
-            trace: options.trace,
-            attempt: 1,
-            cast: false,
-            stream: true,
-            limits: method.limits(),
-        };
+        let Route {
+            pool,
+            budget,
+            transport,
+        } = self.route(&plan)?;
+        let invocation = remote_invocation(&method, Args::typed(req), &plan, options, true);
         let max_item = method.limits().response.unwrap_or(DEFAULT_MAX_ITEM);
         let (timeout, deadline) = (plan.timeout, plan.deadline);
         let read = move |reply: Reply,
